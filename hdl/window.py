@@ -1,12 +1,14 @@
 """K×K sliding windows over a raster pixel stream, with padding at the borders."""
 
-from amaranth.hdl import unsigned
-from amaranth.lib import data, enum
+from amaranth.hdl import Array, C, Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
-from .frame import coord_width
+from .frame import check_int, check_shape, coord_width, pixel_layout
 
 
-__all__ = ["PadMode", "window_layout"]
+__all__ = ["PadMode", "WindowErrors", "WindowGenerator", "window_layout"]
 
 
 class PadMode(enum.Enum, shape=2):
@@ -39,3 +41,376 @@ def window_layout(*, kernel_size, channels, pixel_shape, max_width, max_height):
         "first": unsigned(1),
         "last":  unsigned(1),
     })
+
+
+class WindowErrors(data.Struct):
+    """Sticky error flags of :class:`WindowGenerator` (see its *Errors* section)."""
+    dropped:      1
+    early_first:  1
+    early_last:   1
+    missing_last: 1
+    bad_size:     1
+
+
+class WindowGenerator(wiring.Component):
+    """K×K windows around every pixel of a raster frame.
+
+    A frame of ``width × height`` pixels enters in raster order, one pixel of
+    ``channels`` channels per transfer, its first pixel marked ``first`` and
+    its last ``last``. For every pixel, in the same order, one window leaves:
+    the K×K neighbourhood centred on that pixel, elements outside the frame
+    filled according to ``pad_mode`` and flagged in ``pad``. Line buffers of
+    ``kernel_size - 1`` rows of ``max_width`` pixels sit in one block RAM.
+
+    Parameters
+    ----------
+    kernel_size : int
+        K, odd, 1 to 15. ``r = K // 2`` rows and columns of padding surround the frame.
+    channels : int
+        Channels per pixel, at least 1.
+    max_width, max_height : int
+        Largest frame, at least ``r + 1`` each (block RAM depth is ``max_width``).
+    pixel_shape : shape
+        Shape of one channel of a pixel (``unsigned(8)`` for images, ``signed(8)`` for feature maps).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(pixel_layout))
+        Pixels in raster order; ``data[c]``, ``first``, ``last``.
+    o_stream : Out(stream.Signature(window_layout))
+        One window per pixel, raster order; see :func:`window_layout`.
+    width, height : In(unsigned)
+        Frame size, sampled when a frame's ``first`` pixel arrives; each must be
+        in ``[r + 1, max_…]`` or the frame is dropped (``errors.bad_size``).
+    pad_mode : In(PadMode)
+        Padding mode, sampled with ``width``/``height``.
+    errors : Out(WindowErrors)
+        Sticky error flags, set by malformed input; cleared by ``clear_errors``.
+    clear_errors : In(1)
+        Clears ``errors`` (a flag raised in the same cycle stays raised).
+    busy : Out(1)
+        A frame is being received or its last windows are being emitted.
+
+    Timing
+    ------
+    A frame costs one cycle to sample its parameters, then one cycle per
+    pixel, then ``r·width + r`` cycles that emit the windows of the bottom
+    rows without taking input: ``frame_cycles(width, height)`` in all when
+    nothing stalls. The window of pixel ``n`` (raster index) leaves
+    ``window_delay(width)`` cycles after pixel ``n`` is accepted. Inside a
+    frame one window leaves per cycle.
+
+    Errors
+    ------
+    The frame's geometry comes from ``width``/``height``; the stream's markers
+    are checked against it, and the output always carries whole frames:
+
+    - ``dropped``: a pixel arrived outside a frame without ``first``; it is discarded.
+    - ``early_first``: ``first`` arrived inside a frame; the frame is completed
+      with zero pixels, then the marked pixel starts the next frame.
+    - ``early_last``: ``last`` arrived before the frame's last pixel; the rest
+      of the frame is zero pixels.
+    - ``missing_last``: the frame's last pixel has no ``last``; the frame ends
+      anyway and pixels up to the next ``first`` are ``dropped``.
+    - ``bad_size``: ``width`` or ``height`` out of range at ``first``; input is
+      discarded up to ``last`` or the next ``first``, and no window is emitted.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad parameter; the message names the value.
+    """
+
+    #: Pipeline stages between a slice's completion and the output register.
+    _PIPELINE = 3
+
+    def __init__(self, *, kernel_size=3, channels=1, max_width=640, max_height=480,
+                 pixel_shape=unsigned(8)):
+        self._kernel_size = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
+        self._channels    = check_int("channel count", channels, minimum=1)
+        radius = kernel_size // 2
+        self._max_width   = check_int("maximum width", max_width, minimum=radius + 1, maximum=65536)
+        self._max_height  = check_int("maximum height", max_height, minimum=radius + 1, maximum=65536)
+        self._pixel_shape = check_shape("pixel shape", pixel_shape)
+        super().__init__({
+            "i_stream":     In(stream.Signature(pixel_layout(pixel_shape=self._pixel_shape,
+                                                             channels=channels))),
+            "o_stream":     Out(stream.Signature(window_layout(
+                kernel_size=kernel_size, channels=channels, pixel_shape=self._pixel_shape,
+                max_width=max_width, max_height=max_height))),
+            "width":        In(range(max_width + 1), init=max_width),
+            "height":       In(range(max_height + 1), init=max_height),
+            "pad_mode":     In(PadMode),
+            "errors":       Out(WindowErrors),
+            "clear_errors": In(1),
+            "busy":         Out(1),
+        })
+
+    kernel_size = property(lambda self: self._kernel_size)
+    channels    = property(lambda self: self._channels)
+    max_width   = property(lambda self: self._max_width)
+    max_height  = property(lambda self: self._max_height)
+    pixel_shape = property(lambda self: self._pixel_shape)
+    radius      = property(lambda self: self._kernel_size // 2)
+
+    def window_delay(self, width):
+        """Cycles from accepting pixel ``n`` to emitting its window, with no stalls."""
+        return self.radius * width + self.radius + self._PIPELINE
+
+    def frame_cycles(self, width, height):
+        """Cycles from a frame's ``first`` pixel being offered to its last window leaving."""
+        return 1 + width * height + self.radius * width + self.radius + self._PIPELINE
+
+    def elaborate(self, platform):
+        m = Module()
+        k, r, c = self._kernel_size, self.radius, self._channels
+        column_shape = data.ArrayLayout(self._pixel_shape, c)      # one pixel, all channels
+        pixel_bits = Shape.cast(column_shape).width
+        zero_pixel = C(0, pixel_bits)
+        index_shape = range(k)
+
+        # -------- frame control: positions of the extended frame -----------------------------
+        # Position p = yi·W + xi runs over W·H input pixels, then r·W + r "flush" positions that
+        # take no input but push the windows of the bottom rows out.
+        frame_w = Signal.like(self.width)
+        frame_h = Signal.like(self.height)
+        mode    = Signal(PadMode)
+        xi      = Signal(range(self._max_width))
+        yi      = Signal(range(self._max_height + r + 1))
+        xo      = Signal(range(self._max_width))
+        yo      = Signal(range(self._max_height))
+        emit    = Signal()            # positions from r·W + r on complete a window
+        filling = Signal()            # the frame is being completed with zero pixels
+        advance = Signal()
+        step    = Signal()            # the pipeline takes position (xi, yi) this cycle
+        pixel   = Signal(pixel_bits)
+
+        m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
+
+        errors = Signal(WindowErrors)
+        raised = Signal(WindowErrors)
+        m.d.comb += self.errors.eq(errors)
+        with m.If(self.clear_errors):
+            m.d.sync += errors.eq(raised)
+        with m.Else():
+            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
+
+        size_ok = ((self.width >= r + 1) & (self.width <= self._max_width) &
+                   (self.height >= r + 1) & (self.height <= self._max_height))
+        needs_input = (yi < frame_h) & ~filling
+        last_input  = (yi == frame_h - 1) & (xi == frame_w - 1)
+        last_position = (yi == frame_h + r) & (xi == r - 1) if r else last_input
+        i_payload = self.i_stream.payload
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.i_stream.valid):
+                    with m.If(i_payload.first):
+                        m.d.sync += [
+                            frame_w.eq(self.width), frame_h.eq(self.height), mode.eq(self.pad_mode),
+                            xi.eq(0), yi.eq(0), xo.eq(0), yo.eq(0), emit.eq(r == 0),
+                            filling.eq(0),
+                        ]
+                        with m.If(size_ok):
+                            m.next = "RUN"
+                        with m.Else():
+                            m.d.comb += raised.bad_size.eq(1)
+                            m.next = "DRAIN"
+                    with m.Else():
+                        m.d.comb += [self.i_stream.ready.eq(1), raised.dropped.eq(1)]
+
+            with m.State("DRAIN"):
+                with m.If(self.i_stream.valid):
+                    with m.If(i_payload.first & (xi != 0)):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.comb += self.i_stream.ready.eq(1)
+                        m.d.sync += xi.eq(1)
+                        with m.If(i_payload.last):
+                            m.next = "IDLE"
+
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(needs_input):
+                    with m.If(self.i_stream.valid):
+                        with m.If(i_payload.first & ((xi != 0) | (yi != 0))):
+                            m.d.comb += raised.early_first.eq(1)
+                            m.d.sync += filling.eq(1)
+                        with m.Else():
+                            m.d.comb += [
+                                self.i_stream.ready.eq(advance),
+                                step.eq(advance),
+                                pixel.eq(i_payload.data),
+                            ]
+                            with m.If(advance & i_payload.last & ~last_input):
+                                m.d.comb += raised.early_last.eq(1)
+                                m.d.sync += filling.eq(1)
+                            with m.If(advance & ~i_payload.last & last_input):
+                                m.d.comb += raised.missing_last.eq(1)
+                with m.Else():
+                    m.d.comb += [step.eq(advance), pixel.eq(zero_pixel)]
+
+                with m.If(step):
+                    with m.If(xi == frame_w - 1):
+                        m.d.sync += [xi.eq(0), yi.eq(yi + 1)]
+                    with m.Else():
+                        m.d.sync += xi.eq(xi + 1)
+                    with m.If((yi == r) & (xi == r - 1) if r else C(0)):
+                        m.d.sync += emit.eq(1)
+                    with m.If(emit):
+                        with m.If(xo == frame_w - 1):
+                            m.d.sync += [xo.eq(0), yo.eq(yo + 1)]
+                        with m.Else():
+                            m.d.sync += xo.eq(xo + 1)
+                    with m.If(last_position):
+                        m.next = "IDLE"
+
+        # Row remapping for the slice completed at this position (its centre row is yi - r) and
+        # column remapping for the window completed at this position (its centre is (xo, yo)).
+        # Each is an index into K candidates plus a padding flag, per offset.
+        def remap(before, after, offset):
+            """Index into K candidates (offset ``-r..r`` at ``r``) for ``offset``, and its padding flag.
+
+            ``before``/``after`` count the real rows (columns) available before and after the
+            centre, saturated at r.
+            """
+            outside_before = C(offset, signed(5)) < -before
+            outside_after  = C(offset, signed(5)) > after
+            index = Signal(index_shape)
+            with m.Switch(mode):
+                with m.Case(PadMode.REPLICATE):
+                    m.d.comb += index.eq(Mux(outside_before, r - before,
+                                         Mux(outside_after, r + after, r + offset)))
+                with m.Case(PadMode.REFLECT):
+                    m.d.comb += index.eq(Mux(outside_before, r - 2 * before - offset,
+                                         Mux(outside_after, r + 2 * after - offset, r + offset)))
+                with m.Default():
+                    m.d.comb += index.eq(r + offset)
+            return index, outside_before | outside_after
+
+        def saturate(value, limit):
+            return Mux(value > limit, limit, value)
+
+        centre_row = Cat(yi, C(0, 1)).as_signed() - r     # zero-extended before going signed
+        rows_above = Signal(range(r + 1))
+        rows_below = Signal(range(r + 1))
+        m.d.comb += [
+            rows_above.eq(Mux(centre_row < 0, 0, saturate(centre_row, r))),
+            rows_below.eq(Mux(frame_h - 1 - centre_row < 0, 0,
+                              saturate(frame_h - 1 - centre_row, r))),
+        ]
+        cols_left  = Signal(range(r + 1))
+        cols_right = Signal(range(r + 1))
+        m.d.comb += [
+            cols_left.eq(saturate(xo, r)),
+            cols_right.eq(saturate(frame_w - 1 - xo, r)),
+        ]
+        row_index, row_pad = zip(*(remap(rows_above, rows_below, dy) for dy in range(-r, r + 1)))
+        col_index, col_pad = zip(*(remap(cols_left, cols_right, dx) for dx in range(-r, r + 1)))
+
+        # -------- stage 1: line buffer read, slice assembled -------------------------------------
+        s1_valid   = Signal()
+        s1_pixel   = Signal(pixel_bits)
+        s1_xi      = Signal.like(xi)
+        s1_rows    = [Signal(index_shape, name=f"s1_row_index{j}") for j in range(k)]
+        s1_rowpad  = Signal(k)
+        s1_emit    = Signal()
+        s1_cols    = [Signal(index_shape, name=f"s1_col_index{j}") for j in range(k)]
+        s1_colpad  = Signal(k)
+        s1_x       = Signal.like(xo)
+        s1_y       = Signal.like(yo)
+        s1_first   = Signal()
+        s1_last    = Signal()
+        s1_zero    = Signal()
+
+        with m.If(advance):
+            m.d.sync += [
+                s1_valid.eq(step),
+                s1_pixel.eq(pixel),
+                s1_xi.eq(xi),
+                Cat(*s1_rows).eq(Cat(*row_index)),
+                s1_rowpad.eq(Cat(*row_pad)),
+                s1_emit.eq(step & emit),
+                Cat(*s1_cols).eq(Cat(*col_index)),
+                s1_colpad.eq(Cat(*col_pad)),
+                s1_x.eq(xo),
+                s1_y.eq(yo),
+                s1_first.eq((xo == 0) & (yo == 0)),
+                s1_last.eq((xo == frame_w - 1) & (yo == frame_h - 1)),
+                s1_zero.eq(mode == PadMode.ZERO),
+            ]
+
+        # raw[j] is the pixel of row (centre - r + j) in the current column; the newest row
+        # comes from the input, the K-1 older ones from the line buffer.
+        if k > 1:
+            line_buffer = Memory(shape=data.ArrayLayout(pixel_bits, k - 1),
+                                 depth=self._max_width, init=[])
+            m.submodules.line_buffer = line_buffer
+            rd = line_buffer.read_port(domain="sync")
+            wr = line_buffer.write_port()
+            m.d.comb += [
+                rd.addr.eq(xi),
+                rd.en.eq(advance),
+                wr.addr.eq(s1_xi),
+                wr.en.eq(s1_valid & advance),
+                wr.data.eq(Cat(*(rd.data[j] for j in range(1, k - 1)), s1_pixel)),
+            ]
+            raw = [rd.data[j] for j in range(k - 1)] + [s1_pixel]
+        else:
+            raw = [s1_pixel]
+        raw_array = Array(raw)
+        slice_pixels = [Mux(s1_rowpad[j] & s1_zero, zero_pixel, raw_array[s1_rows[j]])
+                        for j in range(k)]
+
+        # -------- stage 2: column shift register (slot j holds column offset j - r) ---------------
+        columns  = [Signal(pixel_bits * k, name=f"column{j}") for j in range(k)]
+        colpads  = [Signal(k, name=f"column_pad{j}") for j in range(k)]
+        s2_valid  = Signal()
+        s2_cols   = [Signal(index_shape, name=f"s2_col_index{j}") for j in range(k)]
+        s2_colpad = Signal(k)
+        s2_x      = Signal.like(xo)
+        s2_y      = Signal.like(yo)
+        s2_first  = Signal()
+        s2_last   = Signal()
+        s2_zero   = Signal()
+        with m.If(advance):
+            with m.If(s1_valid):
+                m.d.sync += [
+                    columns[k - 1].eq(Cat(*slice_pixels)),
+                    colpads[k - 1].eq(s1_rowpad),
+                ]
+                m.d.sync += [columns[j].eq(columns[j + 1]) for j in range(k - 1)]
+                m.d.sync += [colpads[j].eq(colpads[j + 1]) for j in range(k - 1)]
+            m.d.sync += [
+                s2_valid.eq(s1_emit),
+                Cat(*s2_cols).eq(Cat(*s1_cols)),
+                s2_colpad.eq(s1_colpad),
+                s2_x.eq(s1_x),
+                s2_y.eq(s1_y),
+                s2_first.eq(s1_first),
+                s2_last.eq(s1_last),
+                s2_zero.eq(s1_zero),
+            ]
+
+        # -------- stage 3: column remapping into the output register ----------------------------
+        column_array = Array(columns)
+        colpad_array = Array(colpads)
+        o_payload = self.o_stream.payload
+        with m.If(advance):
+            m.d.sync += self.o_stream.valid.eq(s2_valid)
+            m.d.sync += [
+                o_payload.x.eq(s2_x),
+                o_payload.y.eq(s2_y),
+                o_payload.first.eq(s2_first),
+                o_payload.last.eq(s2_last),
+            ]
+            for dx in range(k):
+                column = column_array[s2_cols[dx]]
+                column_pad = colpad_array[s2_cols[dx]]
+                for dy in range(k):
+                    value = column[dy * pixel_bits:(dy + 1) * pixel_bits]
+                    m.d.sync += [
+                        o_payload.data[dy][dx].eq(Mux(s2_colpad[dx] & s2_zero, zero_pixel, value)),
+                        o_payload.pad[dy][dx].eq(s2_colpad[dx] | column_pad[dy]),
+                    ]
+        return m

@@ -15,32 +15,36 @@ __all__ = ["stream_send", "stream_receive", "run_simulation"]
 
 
 async def stream_send(ctx, stream, payloads, *, pattern="none", seed=0):
-    """Send every payload in ``payloads`` (dicts or ints for the payload's layout)."""
+    """Send every payload in ``payloads``: flat integers (see :mod:`.packing`) or
+    anything ``ctx.set`` accepts for the payload (a dict for a struct layout)."""
     allow = stall_pattern(pattern, seed=seed)
     for payload in payloads:
         while not next(allow):
             ctx.set(stream.valid, 0)
             await ctx.tick()
         ctx.set(stream.valid, 1)
-        ctx.set(stream.payload, payload)
+        if isinstance(payload, int):
+            ctx.set(stream.payload.as_value(), payload)
+        else:
+            ctx.set(stream.payload, payload)
         await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
 
 
-async def stream_receive(ctx, stream, count, *, pattern="none", seed=0, fields=None):
+async def stream_receive(ctx, stream, count, *, pattern="none", seed=0, raw=False):
     """Receive ``count`` payloads and return them as a list.
 
-    Each payload is returned as the value :meth:`ctx.get` gives for
-    ``stream.payload`` (a :class:`~amaranth.lib.data.Const` view for struct
-    layouts), or, with ``fields``, as a dict of those fields converted by
-    ``fields[name](value)``.
+    Each payload is the value :meth:`ctx.get` gives for ``stream.payload`` (a
+    :class:`~amaranth.lib.data.Const` view for struct layouts), or with
+    ``raw`` its flat integer, for :func:`.packing.unpack`.
     """
+    payload_value = stream.payload.as_value() if raw else stream.payload
     allow = stall_pattern(pattern, seed=seed)
     received = []
     while len(received) < count:
         ready = next(allow)
         ctx.set(stream.ready, ready)
-        _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, payload_value)
         if ready and valid:
             received.append(payload)
     ctx.set(stream.ready, 0)
