@@ -118,7 +118,8 @@ def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
         raise SimulationFailed(f"{simulator} run of {test_module} failed:\n{_tail(log)}") from error
     tests, failed = get_results(results)
     text = log.read_text(errors="replace")
-    assertion_errors = [line for line in text.splitlines() if re.match(r"^\s*ERROR:", line)]
+    # Icarus prints a failed assertion as "<message>ERROR: <file>.v:<line>:" and carries on.
+    assertion_errors = [line for line in text.splitlines() if re.search(r"ERROR: \S+\.s?v:\d+", line)]
     if failed or tests == 0 or assertion_errors:
         raise SimulationFailed(
             f"{simulator}: {failed} of {tests} cocotb tests failed"
