@@ -40,8 +40,8 @@ import numpy as np
 
 __all__ = [
     "VAR_FRAC_BITS", "INV_REF_VAR_BITS", "INV_REF_VAR_FRAC_BITS", "DENSITY_ONE", "MAX_KERNEL_SIZE",
-    "rn_shift", "rn_table", "inv_ref_var", "isqrt",
-    "window_arrays", "neighbourhood_sums", "density_from_sums", "density_of_windows",
+    "rn_shift", "rn_table", "inv_ref_var", "error_bound", "isqrt",
+    "neighbourhood_sums", "density_from_sums", "density_of_windows",
     "density_map", "local_std_float", "density_map_float",
 ]
 
@@ -122,8 +122,34 @@ def inv_ref_var(ref_std):
         raise TypeError(f"reference std must be a finite number > 0, not {ref_std!r}")
     if not math.isfinite(ref_std) or ref_std <= 0:
         raise ValueError(f"reference std must be a finite number > 0, not {ref_std!r}")
-    exact = Fraction(2**INV_REF_VAR_FRAC_BITS) / Fraction(ref_std) ** 2
+    exact_std = Fraction(ref_std) if isinstance(ref_std, numbers.Rational) else Fraction(float(ref_std))
+    exact = Fraction(2**INV_REF_VAR_FRAC_BITS) / exact_std ** 2
     return min(max(math.floor(exact + Fraction(1, 2)), 1), 2**INV_REF_VAR_BITS - 1)
+
+
+def error_bound(ref_std, *, kernel_size):
+    """``(lower, upper)`` bounds, in LSB, of ``256 * density_map_float - density_map``.
+
+    With ``rho`` the largest relative error of ``RN`` (below ``2**-17``),
+    ``sigma = inv_ref_var * ref_std**2 / 2**23 - 1`` (0 for powers of two up
+    to 2048), ``F = (1 + sigma) * (1 - rho)`` and ``delta = (1 + sigma) / ref_std**2``
+    (the most the truncation of ``var_q`` takes from ``A``): an output ``m``
+    means ``A < (m + 1)**2``, so the float density is below
+    ``sqrt(((m + 1)**2 + delta) / F)``, which gives ``upper`` as the largest of
+    those over ``m``; the floor square root never rounds up, so only
+    ``(1 + rho) * (1 + sigma) > 1`` can put the integer above the float one,
+    by at most ``lower``.
+    """
+    inv = inv_ref_var(ref_std)
+    table = rn_table(kernel_size)
+    scale = 1 << (rn_shift(kernel_size) + VAR_FRAC_BITS)
+    rho = max((abs(table[n] * n * n / scale - 1) for n in range(2, len(table))), default=0.0)
+    sigma = inv * float(ref_std) ** 2 / 2**INV_REF_VAR_FRAC_BITS - 1
+    factor = (1 + sigma) * (1 - rho)
+    delta = (1 + sigma) / float(ref_std) ** 2
+    upper = max(math.sqrt(((m + 1) ** 2 + delta) / factor) - m for m in range(DENSITY_ONE))
+    lower = -max(0.0, DENSITY_ONE * (math.sqrt((1 + rho) * (1 + sigma)) - 1))
+    return lower, upper
 
 
 def isqrt(value):
@@ -172,24 +198,6 @@ def density_of_windows(windows, pad, *, inv_ref_var):
     s2 = (values * values).sum(axis=(-3, -2))
     return density_from_sums(n, s1, s2, kernel_size=kernel_size,
                              inv_ref_var=inv_ref_var).astype(np.uint16)
-
-
-def window_arrays(frame, *, kernel_size):
-    """All K×K windows of a uint8 ``[H, W, C]`` frame, as the window generator sends them.
-
-    Returns ``(windows, pad)``: ``windows`` uint8 ``[H, W, K, K, C]`` (0 at pad
-    elements), ``pad`` bool ``[H, W, K, K]``; ``windows[y, x, dy, dx]`` is the
-    pixel at ``(y + dy - r, x + dx - r)``.
-    """
-    frame = _check_frame(frame)
-    kernel_size = _check_kernel_size(kernel_size)
-    r = kernel_size // 2
-    padded = np.pad(frame, ((r, r), (r, r), (0, 0)))
-    inside = np.pad(np.ones(frame.shape[:2], dtype=bool), r)
-    view = np.lib.stride_tricks.sliding_window_view
-    windows = view(padded, (kernel_size, kernel_size), axis=(0, 1)).transpose(0, 1, 3, 4, 2)
-    pad = ~view(inside, (kernel_size, kernel_size))
-    return np.ascontiguousarray(windows), np.ascontiguousarray(pad)
 
 
 def _box_sum(values, kernel_size):
