@@ -29,10 +29,6 @@ def _tree_stages(count):
     return stages
 
 
-def _mul_chunks(width):
-    return max(1, -(-width // _MUL_CHUNK))
-
-
 class DensityUnit(wiring.Component):
     """Density of each window: its local std over a reference std, saturated at 1.0.
 
@@ -73,7 +69,8 @@ class DensityUnit(wiring.Component):
     The pipeline stalls as a whole: every stage moves when
     ``~o_stream.valid | o_stream.ready``, which is also ``i_stream.ready``.
     A window accepted in cycle ``t`` appears on ``o_stream`` in cycle
-    ``t + latency``.
+    ``t + latency``, ``latency = 16 + ceil(log4(K*K))`` (18 for K = 3; the
+    ``latency`` property). Stages and widths are listed in ``docs/density.md``.
 
     Raises
     ------

@@ -49,7 +49,8 @@ def test_inv_ref_var_values():
     assert inv_ref_var(np.float32(16.0)) == 32768
     assert inv_ref_var(0.5) == 2**24 - 1                # clamped
     assert inv_ref_var(1e6) == 1                        # clamped
-    assert inv_ref_var(2**11.5) == 1                    # 0.5 rounds half up to 1
+    assert inv_ref_var(4096) == 1                       # 0.5 rounds half up to 1
+    assert inv_ref_var(4097) == 1                       # clamped
 
 
 @pytest.mark.parametrize("value", [0, -1, -0.5, math.inf, math.nan])
