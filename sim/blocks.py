@@ -31,59 +31,51 @@ class Block:
         return {name: default for name, (default, _) in self.parameters.items()}
 
 
+#: Parameters of the blocks that work on images.
+_IMAGE_PARAMETERS = {
+    "kernel_size": (3, "window size K (odd)"),
+    "channels":    (1, "channels per pixel"),
+    "max_width":   (640, "largest frame width (line buffer depth)"),
+    "max_height":  (480, "largest frame height"),
+}
+
+#: Testbench parameter sets of the blocks that work on images: the block's and the frame's size.
+_IMAGE_VARIANTS = {
+    "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 64, "max_height": 64},
+             "frame": [16, 24]},
+    "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
+             "frame": [12, 20]},
+}
+
+
 BLOCKS = {block.name: block for block in [
     Block(
         name="window",
         component="window:WindowGenerator",
         summary="K×K windows around every pixel, zero/replicate/reflect padding, padding flags",
-        parameters={
-            "kernel_size": (3, "window size K (odd)"),
-            "channels":    (1, "channels per pixel"),
-            "max_width":   (640, "largest frame width (line buffer depth)"),
-            "max_height":  (480, "largest frame height"),
-        },
+        parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_window",
-        test_variants={
-            "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 64, "max_height": 64},
-                     "frame": [16, 24]},
-            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
-                     "frame": [12, 20]},
-        },
+        test_variants=_IMAGE_VARIANTS,
     ),
     Block(
         name="density",
         component="density:DensityUnit",
         summary="local standard deviation over K×K, normalised by a reference, UQ1.8 density",
-        parameters={
-            "kernel_size": (3, "neighbourhood size K (odd)"),
-            "channels":    (1, "channels per pixel"),
-            "max_width":   (640, "largest frame width"),
-            "max_height":  (480, "largest frame height"),
-        },
+        parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_density",
-        test_variants={
-            "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 64, "max_height": 64},
-                     "frame": [16, 24]},
-            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
-                     "frame": [12, 20]},
-        },
+        test_variants=_IMAGE_VARIANTS,
     ),
     Block(
         name="pipeline",
         component="pipeline:DensityPipeline",
         summary="window generator + density unit: raster pixels in, density map out",
-        parameters={
-            "kernel_size": (3, "neighbourhood size K (odd)"),
-            "channels":    (1, "channels per pixel"),
-            "max_width":   (640, "largest frame width (line buffer depth)"),
-            "max_height":  (480, "largest frame height"),
-        },
+        parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_pipeline",
         test_variants={
+            **_IMAGE_VARIANTS,
+            # a line buffer deeper than the frame
             "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 256, "max_height": 256},
                      "frame": [16, 24]},
-            "k5c2": {"block": {"kernel_size": 5, "channels": 2, "max_width": 32, "max_height": 32},
-                     "frame": [12, 20]},
         },
     ),
 ]}
