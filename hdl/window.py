@@ -69,7 +69,8 @@ class WindowGenerator(wiring.Component):
     channels : int
         Channels per pixel, at least 1.
     max_width, max_height : int
-        Largest frame, at least ``r + 1`` each (block RAM depth is ``max_width``).
+        Largest frame (block RAM depth is ``max_width``); ``max_width`` at least
+        :attr:`min_width` (``max(r + 1, 3)``, 1 for K = 1), ``max_height`` at least ``r + 1``.
     pixel_shape : shape
         Shape of one channel of a pixel (``unsigned(8)`` for images, ``signed(8)`` for feature maps).
 
@@ -80,8 +81,9 @@ class WindowGenerator(wiring.Component):
     o_stream : Out(stream.Signature(window_layout))
         One window per pixel, raster order; see :func:`window_layout`.
     width, height : In(unsigned)
-        Frame size, sampled when a frame's ``first`` pixel arrives; each must be
-        in ``[r + 1, max_…]`` or the frame is dropped (``errors.bad_size``).
+        Frame size, sampled when a frame's ``first`` pixel arrives; ``width`` must be
+        in ``[min_width, max_width]``, ``height`` in ``[r + 1, max_height]``, or the
+        frame is dropped (``errors.bad_size``).
     pad_mode : In(PadMode)
         Padding mode, sampled with ``width``/``height``.
     errors : Out(WindowErrors)
@@ -122,14 +124,15 @@ class WindowGenerator(wiring.Component):
     """
 
     #: Pipeline stages between a slice's completion and the output register.
-    _PIPELINE = 3
+    _PIPELINE = 4
 
     def __init__(self, *, kernel_size=3, channels=1, max_width=640, max_height=480,
                  pixel_shape=unsigned(8)):
         self._kernel_size = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._channels    = check_int("channel count", channels, minimum=1)
         radius = kernel_size // 2
-        self._max_width   = check_int("maximum width", max_width, minimum=radius + 1, maximum=65536)
+        self._max_width   = check_int("maximum width", max_width, minimum=self.min_width_for(kernel_size),
+                                      maximum=65536)
         self._max_height  = check_int("maximum height", max_height, minimum=radius + 1, maximum=65536)
         self._pixel_shape = check_shape("pixel shape", pixel_shape)
         super().__init__({
@@ -153,6 +156,17 @@ class WindowGenerator(wiring.Component):
     pixel_shape = property(lambda self: self._pixel_shape)
     radius      = property(lambda self: self._kernel_size // 2)
 
+    @staticmethod
+    def min_width_for(kernel_size):
+        """Narrowest frame: ``r + 1`` pixels (reflection needs them), and 3 when ``K > 1``
+        (a line-buffer column is rewritten two cycles after it is read)."""
+        radius = kernel_size // 2
+        return max(radius + 1, 3) if radius else 1
+
+    @property
+    def min_width(self):
+        return self.min_width_for(self._kernel_size)
+
     def window_delay(self, width):
         """Cycles from accepting pixel ``n`` to emitting its window, with no stalls."""
         return self.radius * width + self.radius + self._PIPELINE
@@ -172,13 +186,21 @@ class WindowGenerator(wiring.Component):
         # -------- frame control: positions of the extended frame -----------------------------
         # Position p = yi·W + xi runs over W·H input pixels, then r·W + r "flush" positions that
         # take no input but push the windows of the bottom rows out.
-        frame_w = Signal.like(self.width)
-        frame_h = Signal.like(self.height)
         mode    = Signal(PadMode)
+        # Counters. Conditions on the runtime frame size are kept in down-counters (distance to
+        # the end of the row or frame) so that every test of them is against a constant: no
+        # comparator against width/height sits in the control path.
+        width_m1 = Signal.like(self.width)          # frame_w - 1
         xi      = Signal(range(self._max_width))
+        x_left  = Signal(range(self._max_width))    # frame_w - 1 - xi
         yi      = Signal(range(self._max_height + r + 1))
+        y_left  = Signal(range(-(r + 2), self._max_height))   # frame_h - 1 - yi
         xo      = Signal(range(self._max_width))
+        xo_left = Signal(range(self._max_width))    # frame_w - 1 - xo
         yo      = Signal(range(self._max_height))
+        yo_left = Signal(range(self._max_height))   # frame_h - 1 - yo
+        rows_above = Signal(range(r + 1))           # real rows above the current slice's centre
+        rows_below = Signal(range(r + 1))           # and below it, saturated at r
         emit    = Signal()            # positions from r·W + r on complete a window
         filling = Signal()            # the frame is being completed with zero pixels
         advance = Signal()
@@ -195,11 +217,15 @@ class WindowGenerator(wiring.Component):
         with m.Else():
             m.d.sync += errors.eq(errors.as_value() | raised.as_value())
 
-        size_ok = ((self.width >= r + 1) & (self.width <= self._max_width) &
+        def saturate(value, limit):
+            return Mux(value > limit, limit, value)
+
+        size_ok = ((self.width >= self.min_width) & (self.width <= self._max_width) &
                    (self.height >= r + 1) & (self.height <= self._max_height))
-        needs_input = (yi < frame_h) & ~filling
-        last_input  = (yi == frame_h - 1) & (xi == frame_w - 1)
-        last_position = (yi == frame_h + r) & (xi == r - 1) if r else last_input
+        x_end       = x_left == 0
+        needs_input = (y_left >= 0) & ~filling
+        last_input  = (y_left == 0) & x_end
+        last_position = (y_left == -(r + 1)) & (xi == r - 1) if r else last_input
         i_payload = self.i_stream.payload
 
         with m.FSM():
@@ -207,8 +233,14 @@ class WindowGenerator(wiring.Component):
                 with m.If(self.i_stream.valid):
                     with m.If(i_payload.first):
                         m.d.sync += [
-                            frame_w.eq(self.width), frame_h.eq(self.height), mode.eq(self.pad_mode),
-                            xi.eq(0), yi.eq(0), xo.eq(0), yo.eq(0), emit.eq(r == 0),
+                            mode.eq(self.pad_mode),
+                            width_m1.eq(self.width - 1),
+                            xi.eq(0), x_left.eq(self.width - 1),
+                            yi.eq(0), y_left.eq(self.height - 1),
+                            xo.eq(0), xo_left.eq(self.width - 1),
+                            yo.eq(0), yo_left.eq(self.height - 1),
+                            rows_above.eq(0), rows_below.eq(r),
+                            emit.eq(r == 0),
                             filling.eq(0),
                         ]
                         with m.If(size_ok):
@@ -251,17 +283,23 @@ class WindowGenerator(wiring.Component):
                     m.d.comb += [step.eq(advance), pixel.eq(zero_pixel)]
 
                 with m.If(step):
-                    with m.If(xi == frame_w - 1):
-                        m.d.sync += [xi.eq(0), yi.eq(yi + 1)]
+                    with m.If(x_end):
+                        m.d.sync += [
+                            xi.eq(0), x_left.eq(width_m1),
+                            yi.eq(yi + 1), y_left.eq(y_left - 1),
+                            # the next slice's centre row is yi + 1 - r
+                            rows_above.eq(saturate(Mux(yi + 1 < r, 0, yi + 1 - r), r)),
+                            rows_below.eq(Mux(y_left + (r - 1) < 0, 0, saturate(y_left + (r - 1), r))),
+                        ]
                     with m.Else():
-                        m.d.sync += xi.eq(xi + 1)
+                        m.d.sync += [xi.eq(xi + 1), x_left.eq(x_left - 1)]
                     with m.If((yi == r) & (xi == r - 1) if r else C(0)):
                         m.d.sync += emit.eq(1)
                     with m.If(emit):
-                        with m.If(xo == frame_w - 1):
-                            m.d.sync += [xo.eq(0), yo.eq(yo + 1)]
+                        with m.If(xo_left == 0):
+                            m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1)]
                         with m.Else():
-                            m.d.sync += xo.eq(xo + 1)
+                            m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1)]
                     with m.If(last_position):
                         m.next = "IDLE"
 
@@ -288,57 +326,60 @@ class WindowGenerator(wiring.Component):
                     m.d.comb += index.eq(r + offset)
             return index, outside_before | outside_after
 
-        def saturate(value, limit):
-            return Mux(value > limit, limit, value)
-
-        centre_row = Cat(yi, C(0, 1)).as_signed() - r     # zero-extended before going signed
-        rows_above = Signal(range(r + 1))
-        rows_below = Signal(range(r + 1))
-        m.d.comb += [
-            rows_above.eq(Mux(centre_row < 0, 0, saturate(centre_row, r))),
-            rows_below.eq(Mux(frame_h - 1 - centre_row < 0, 0,
-                              saturate(frame_h - 1 - centre_row, r))),
-        ]
         cols_left  = Signal(range(r + 1))
         cols_right = Signal(range(r + 1))
         m.d.comb += [
             cols_left.eq(saturate(xo, r)),
-            cols_right.eq(saturate(frame_w - 1 - xo, r)),
+            cols_right.eq(saturate(xo_left, r)),
         ]
         row_index, row_pad = zip(*(remap(rows_above, rows_below, dy) for dy in range(-r, r + 1)))
         col_index, col_pad = zip(*(remap(cols_left, cols_right, dx) for dx in range(-r, r + 1)))
 
-        # -------- stage 1: line buffer read, slice assembled -------------------------------------
-        s1_valid   = Signal()
-        s1_pixel   = Signal(pixel_bits)
-        s1_xi      = Signal.like(xi)
-        s1_rows    = [Signal(index_shape, name=f"s1_row_index{j}") for j in range(k)]
-        s1_rowpad  = Signal(k)
-        s1_emit    = Signal()
-        s1_cols    = [Signal(index_shape, name=f"s1_col_index{j}") for j in range(k)]
-        s1_colpad  = Signal(k)
-        s1_x       = Signal.like(xo)
-        s1_y       = Signal.like(yo)
-        s1_first   = Signal()
-        s1_last    = Signal()
-        s1_zero    = Signal()
+        # -------- stage 1: line buffer read ------------------------------------------------------
+        sa_valid   = Signal()
+        sa_pixel   = Signal(pixel_bits)
+        sa_xi      = Signal.like(xi)
+        sa_rows    = [Signal(index_shape, name=f"sa_row_index{j}") for j in range(k)]
+        sa_rowpad  = Signal(k)
+        sa_emit    = Signal()
+        sa_cols    = [Signal(index_shape, name=f"sa_col_index{j}") for j in range(k)]
+        sa_colpad  = Signal(k)
+        sa_x       = Signal.like(xo)
+        sa_y       = Signal.like(yo)
+        sa_first   = Signal()
+        sa_last    = Signal()
+        sa_zero    = Signal()
 
         with m.If(advance):
             m.d.sync += [
-                s1_valid.eq(step),
-                s1_pixel.eq(pixel),
-                s1_xi.eq(xi),
-                Cat(*s1_rows).eq(Cat(*row_index)),
-                s1_rowpad.eq(Cat(*row_pad)),
-                s1_emit.eq(step & emit),
-                Cat(*s1_cols).eq(Cat(*col_index)),
-                s1_colpad.eq(Cat(*col_pad)),
-                s1_x.eq(xo),
-                s1_y.eq(yo),
-                s1_first.eq((xo == 0) & (yo == 0)),
-                s1_last.eq((xo == frame_w - 1) & (yo == frame_h - 1)),
-                s1_zero.eq(mode == PadMode.ZERO),
+                sa_valid.eq(step),
+                sa_pixel.eq(pixel),
+                sa_xi.eq(xi),
+                Cat(*sa_rows).eq(Cat(*row_index)),
+                sa_rowpad.eq(Cat(*row_pad)),
+                sa_emit.eq(step & emit),
+                Cat(*sa_cols).eq(Cat(*col_index)),
+                sa_colpad.eq(Cat(*col_pad)),
+                sa_x.eq(xo),
+                sa_y.eq(yo),
+                sa_first.eq((xo == 0) & (yo == 0)),
+                sa_last.eq((xo_left == 0) & (yo_left == 0)),
+                sa_zero.eq(mode == PadMode.ZERO),
             ]
+
+        # -------- stage 2: line buffer data registered (ECP5 absorbs this register into the
+        # block RAM), slice assembled, column written back ---------------------------------------
+        def delayed(signal):
+            register = Signal.like(signal, name=signal.name.replace("sa_", "s1_"))
+            with m.If(advance):
+                m.d.sync += register.eq(signal)
+            return register
+
+        s1_valid, s1_pixel, s1_xi, s1_rowpad, s1_emit, s1_colpad, s1_x, s1_y, s1_first, s1_last, s1_zero = \
+            map(delayed, (sa_valid, sa_pixel, sa_xi, sa_rowpad, sa_emit, sa_colpad, sa_x, sa_y,
+                          sa_first, sa_last, sa_zero))
+        s1_rows = [delayed(index) for index in sa_rows]
+        s1_cols = [delayed(index) for index in sa_cols]
 
         # raw[j] is the pixel of row (centre - r + j) in the current column; the newest row
         # comes from the input, the K-1 older ones from the line buffer.
@@ -348,21 +389,24 @@ class WindowGenerator(wiring.Component):
             m.submodules.line_buffer = line_buffer
             rd = line_buffer.read_port(domain="sync")
             wr = line_buffer.write_port()
+            held = Signal.like(rd.data, reset_less=True)    # data only: no reset logic in its path
+            with m.If(advance):
+                m.d.sync += held.eq(rd.data)
             m.d.comb += [
                 rd.addr.eq(xi),
                 rd.en.eq(advance),
                 wr.addr.eq(s1_xi),
                 wr.en.eq(s1_valid & advance),
-                wr.data.eq(Cat(*(rd.data[j] for j in range(1, k - 1)), s1_pixel)),
+                wr.data.eq(Cat(*(held[j] for j in range(1, k - 1)), s1_pixel)),
             ]
-            raw = [rd.data[j] for j in range(k - 1)] + [s1_pixel]
+            raw = [held[j] for j in range(k - 1)] + [s1_pixel]
         else:
             raw = [s1_pixel]
         raw_array = Array(raw)
         slice_pixels = [Mux(s1_rowpad[j] & s1_zero, zero_pixel, raw_array[s1_rows[j]])
                         for j in range(k)]
 
-        # -------- stage 2: column shift register (slot j holds column offset j - r) ---------------
+        # -------- stage 3: column shift register (slot j holds column offset j - r) ---------------
         columns  = [Signal(pixel_bits * k, name=f"column{j}") for j in range(k)]
         colpads  = [Signal(k, name=f"column_pad{j}") for j in range(k)]
         s2_valid  = Signal()
@@ -392,7 +436,7 @@ class WindowGenerator(wiring.Component):
                 s2_zero.eq(s1_zero),
             ]
 
-        # -------- stage 3: column remapping into the output register ----------------------------
+        # -------- stage 4: column remapping into the output register ----------------------------
         column_array = Array(columns)
         colpad_array = Array(colpads)
         o_payload = self.o_stream.payload

@@ -157,7 +157,7 @@ def test_full_rate_and_delay():
 def test_runtime_size_and_mode_change():
     rng = np.random.default_rng(9)
     dut = WindowGenerator(kernel_size=3, channels=1, max_width=12, max_height=12)
-    for width, height, mode in [(12, 12, PadMode.ZERO), (4, 2, PadMode.REPLICATE), (2, 5, PadMode.REFLECT)]:
+    for width, height, mode in [(12, 12, PadMode.ZERO), (4, 2, PadMode.REPLICATE), (3, 5, PadMode.REFLECT)]:
         frame = rng.integers(0, 256, size=(height, width, 1))
         received, status = simulate(dut, [frame], width=width, height=height, pad_mode=mode)
         assert_fields_equal(received, expected_fields(frame, 3, mode))
@@ -194,6 +194,31 @@ def test_malformed_streams_recover():
         raised = error_names(status["errors"])
         expected_raised = {flag, "dropped"} if flag == "missing_last" else {flag}
         assert raised == expected_raised, (flag, raised)
+
+
+def test_narrowest_frame_for_k3_is_three_pixels():
+    dut = WindowGenerator(kernel_size=3, channels=1, max_width=8, max_height=8)
+    assert dut.min_width == 3
+    good = np.arange(9).reshape(3, 3, 1)
+    payloads = frame_payloads(dut, np.zeros((2, 2, 1), int)) + frame_payloads(dut, good)
+    result = {}
+
+    async def send(ctx):
+        ctx.set(dut.height, 2)
+        ctx.set(dut.width, 2)
+        await stream_send(ctx, dut.i_stream, payloads[:4])
+        ctx.set(dut.width, 3)
+        ctx.set(dut.height, 3)
+        await stream_send(ctx, dut.i_stream, payloads[4:])
+
+    async def receive(ctx):
+        result["words"] = await stream_receive(ctx, dut.o_stream, 9, raw=True)
+        result["errors"] = ctx.get(dut.errors.as_value())
+
+    run_simulation(dut, [send, receive], deadline_cycles=500)
+    assert_fields_equal(unpack(dut.o_stream.payload.shape(), result["words"]),
+                        expected_fields(good, 3, PadMode.ZERO))
+    assert error_names(result["errors"]) == {"bad_size"}
 
 
 def test_bad_size_frame_is_dropped():

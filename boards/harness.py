@@ -1,0 +1,64 @@
+"""Measurement harness: a block with its ports behind serial shift registers.
+
+A block with hundreds of port bits cannot be placed on a 48-pin package, and
+ports left dangling would let synthesis remove the logic behind them. The
+harness feeds every input port of the block from a shift register loaded
+through one pin (``si``), captures every output port into a shift register
+read through another (``so``), with ``load`` choosing between shifting and
+the parallel transfer. All block inputs therefore come from flip-flops and
+all outputs go to flip-flops, so the paths nextpnr times are the block's own;
+the harness adds only those flip-flops (about one per port bit, listed
+separately in the report) and no logic in the block's paths.
+"""
+
+from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.lib import wiring
+
+
+__all__ = ["SerialHarness", "port_bits"]
+
+
+def port_bits(component):
+    """(input bits, output bits) of a component's signature."""
+    inputs = outputs = 0
+    for _, member, value in component.signature.flatten(component):
+        width = len(Value.cast(value))
+        if member.flow == wiring.In:
+            inputs += width
+        else:
+            outputs += width
+    return inputs, outputs
+
+
+class SerialHarness(Elaboratable):
+    """Wrap ``block`` so that its only top-level ports are ``si``, ``load`` and ``so``."""
+
+    def __init__(self, block):
+        self.block = block
+        self.si = Signal()
+        self.load = Signal()
+        self.so = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.block = block = self.block
+        inputs = [Value.cast(value) for _, member, value in block.signature.flatten(block) if member.flow == wiring.In]
+        outputs = [Value.cast(value) for _, member, value in block.signature.flatten(block) if member.flow == wiring.Out]
+        in_width = sum(len(v) for v in inputs)
+        out_width = sum(len(v) for v in outputs)
+
+        shift_in = Signal(max(1, in_width))
+        held_in = Signal(max(1, in_width))
+        m.d.sync += shift_in.eq(Cat(self.si, shift_in[:-1]))
+        with m.If(self.load):
+            m.d.sync += held_in.eq(shift_in)
+        if in_width:
+            m.d.comb += Cat(*inputs).eq(held_in)
+
+        capture = Signal(max(1, out_width))
+        with m.If(self.load):
+            m.d.sync += capture.eq(Cat(*outputs))
+        with m.Else():
+            m.d.sync += capture.eq(capture[1:])
+        m.d.comb += self.so.eq(capture[0])
+        return m

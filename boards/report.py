@@ -1,0 +1,146 @@
+"""``dynsparse report``: utilisation and Fmax of every block on iCE40UP5K and ECP5-25F.
+
+Method (see ``docs/report.md``): each block, with its default parameters, is
+
+1. synthesised alone with Yosys (``synth_ice40 -dsp`` / ``synth_ecp5``) for its
+   own cell counts: logic, carry, flip-flops, DSPs, block RAM;
+2. wrapped in :class:`~dynsparse.boards.harness.SerialHarness` (every port
+   behind a flip-flop, three pins in all), synthesised and placed and routed
+   by nextpnr against the target clock, for the placed utilisation and the
+   Fmax nextpnr reports.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from .harness import SerialHarness, port_bits
+from .toolchain import ToolError, nextpnr_summary, run_tool
+
+
+__all__ = ["FAMILIES", "measure_block", "run_report"]
+
+#: Target devices: nextpnr arguments, synthesis command, clock target (MHz) and the cells to count.
+FAMILIES = {
+    "ice40-up5k": {
+        "label": "iCE40UP5K (iCEBreaker)",
+        "synth": "synth_ice40 -dsp",
+        "nextpnr": "nextpnr-ice40",
+        "device": ["--up5k", "--package", "sg48", "--pcf-allow-unconstrained"],
+        "target_mhz": 42.0,
+        "cells": {"LUT4": "SB_LUT4", "carry": "SB_CARRY", "DSP": "SB_MAC16",
+                  "BRAM": "SB_RAM40_4K", "SPRAM": "SB_SPRAM256KA"},
+        "ff_prefix": "SB_DFF",
+    },
+    "ecp5-25f": {
+        "label": "ECP5-25F (ULX3S 25F)",
+        "synth": "synth_ecp5",
+        "nextpnr": "nextpnr-ecp5",
+        "device": ["--25k", "--package", "CABGA381", "--lpf-allow-unconstrained"],
+        "target_mhz": 125.0,
+        "cells": {"LUT4": "LUT4", "carry": "CCU2C", "DSP": "MULT18X18D", "BRAM": "DP16KD"},
+        "ff_prefix": "TRELLIS_FF",
+    },
+}
+
+
+def _cell_counts(stat_text, family):
+    counts = {}
+    for line in stat_text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            counts[parts[1]] = counts.get(parts[1], 0) + int(parts[0])
+    spec = FAMILIES[family]
+    result = {label: counts.get(cell, 0) for label, cell in spec["cells"].items()}
+    result["FF"] = sum(n for cell, n in counts.items() if cell.startswith(spec["ff_prefix"]))
+    return result
+
+
+def measure_block(name, component_factory, family, build_dir, *, log=print):
+    """Measure one block on one family; returns a dict (``error`` set if it did not fit or route)."""
+    spec = FAMILIES[family]
+    build_dir = Path(build_dir) / name / family
+    build_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    block = component_factory()
+    inputs, outputs = port_bits(block)
+    (build_dir / "block.v").write_text(verilog.convert(block, name="block", emit_src=False))
+    harness = SerialHarness(component_factory())
+    (build_dir / "harness.v").write_text(verilog.convert(
+        harness, name="harness", ports=[harness.si, harness.load, harness.so], emit_src=False))
+    result = {"block": name, "family": family, "target_mhz": spec["target_mhz"],
+              "harness_ff": 2 * inputs + outputs, "port_bits": [inputs, outputs]}
+    try:
+        run_tool("yosys", ["-q", "-p", f"read_verilog block.v; {spec['synth']} -top block; tee -q -o block.stat stat"],
+                 cwd=build_dir, log="yosys_block.log")
+        result["cells"] = _cell_counts((build_dir / "block.stat").read_text(), family)
+        run_tool("yosys", ["-q", "-p", f"read_verilog harness.v; {spec['synth']} -top harness -json harness.json"],
+                 cwd=build_dir, log="yosys_harness.log")
+        run_tool(spec["nextpnr"], [*spec["device"], "--json", "harness.json", "--freq", str(spec["target_mhz"]),
+                                   "--report", "report.json", "--seed", "1", "--timing-allow-fail"],
+                 cwd=build_dir, log="nextpnr.log")
+        summary = nextpnr_summary(build_dir / "report.json")
+        result["utilisation"] = {bel: list(v) for bel, v in summary["utilisation"].items() if v[0]}
+        result["fmax_mhz"] = round(min(v[0] for v in summary["fmax"].values()), 1) if summary["fmax"] else None
+        result["meets_target"] = result["fmax_mhz"] is not None and result["fmax_mhz"] >= spec["target_mhz"]
+        if result["cells"]["LUT4"] and result["utilisation"].get(
+                "ICESTORM_LC" if family.startswith("ice40") else "TRELLIS_COMB", [0])[0] < result["cells"]["LUT4"] // 2:
+            result["error"] = "the placed design is much smaller than the block: logic was optimised away"
+    except ToolError as error:
+        message = str(error)
+        reason = re.search(r"(ERROR: .*)", message)
+        result["error"] = reason.group(1) if reason else message.splitlines()[0]
+    result["seconds"] = round(time.monotonic() - started, 1)
+    log(f"  {name:10} {family:11} " + (
+        f"Fmax {result['fmax_mhz']} MHz (target {spec['target_mhz']:g}), cells {result.get('cells')}"
+        if "error" not in result else f"FAILED: {result['error']}"))
+    return result
+
+
+def _markdown(results):
+    lines = []
+    for family, spec in FAMILIES.items():
+        rows = [r for r in results if r["family"] == family]
+        if not rows:
+            continue
+        labels = list(spec["cells"]) + ["FF"]
+        lines += [f"### {spec['label']}, target {spec['target_mhz']:g} MHz", "",
+                  "| block | " + " | ".join(labels) + " | harness FF | Fmax (MHz) | meets target |",
+                  "|---|" + "---|" * (len(labels) + 3)]
+        for r in rows:
+            cells = r.get("cells", {})
+            if "error" in r:
+                fmax, meets = "—", f"no: {r['error']}"
+            elif r["fmax_mhz"] is None:
+                fmax, meets = "—", "no clock left after synthesis"
+            else:
+                fmax = f"{r['fmax_mhz']}"
+                meets = "yes" if r["meets_target"] else \
+                    f"no, {spec['target_mhz'] - r['fmax_mhz']:.1f} MHz short"
+            lines.append(f"| {r['block']} | " + " | ".join(str(cells.get(l, "—")) for l in labels) +
+                         f" | {r['harness_ff']} | {fmax} | {meets} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Path("docs"), log=print):
+    """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown."""
+    families = families or list(FAMILIES)
+    results = []
+    total = len(blocks) * len(families)
+    for index, (name, factory) in enumerate(blocks.items()):
+        for family in families:
+            log(f"[{len(results) + 1}/{total}] {name} on {family} ...")
+            results.append(measure_block(name, factory, family, build_dir, log=log))
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "report.json").write_text(json.dumps(results, indent=2))
+    table = _markdown(results)
+    if docs is not None:
+        (Path(docs) / "report.json").write_text(json.dumps(results, indent=2))
+        (Path(docs) / "report_table.md").write_text(table)
+    log(table)
+    return results
