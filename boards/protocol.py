@@ -1,0 +1,411 @@
+"""Host side of the dynsparse link protocol, version 1 (``docs/protocol.md``).
+
+Transport-independent: packet encoders, an incremental reply parser, the
+constants of the protocol and CRC-8, shared by the board API and the
+testbenches. :class:`HostLink` is the host API over any transport with
+``write(data)`` and ``read(n, timeout)``; :class:`SerialTransport` is that
+transport over a serial port.
+"""
+
+import collections
+import enum
+import struct
+
+import numpy as np
+
+
+__all__ = [
+    "COMMAND_MAGIC", "REPLY_MAGIC", "DEVICE_MAGIC", "PROTOCOL_VERSION", "DEVICE_ID",
+    "RESULT_BYTES", "Command", "Status", "Register",
+    "crc8", "encode_command", "encode_ping", "encode_write_register", "encode_read_register",
+    "encode_run_frame", "encode_reply", "encode_frame_result",
+    "Reply", "FrameResult", "ReplyParser",
+    "LinkError", "ProtocolError", "LinkTimeout", "LinkUnavailable",
+    "HostLink", "SerialTransport",
+]
+
+
+#: First byte of a command packet (host → device).
+COMMAND_MAGIC = 0xA5
+#: First byte of a reply packet (device → host).
+REPLY_MAGIC = 0x5A
+#: First four bytes of a PING reply.
+DEVICE_MAGIC = b"DSPS"
+#: Protocol version, fifth byte of a PING reply.
+PROTOCOL_VERSION = 1
+#: Value of the read-only ID register: ``DEVICE_MAGIC`` read as a little-endian u32.
+DEVICE_ID = int.from_bytes(DEVICE_MAGIC, "little")      # 0x53505344
+#: Bytes per result on the wire (u16, little-endian).
+RESULT_BYTES = 2
+
+
+class Command(enum.IntEnum):
+    PING      = 0x01
+    WRITE_REG = 0x02
+    READ_REG  = 0x03
+    RUN_FRAME = 0x04
+
+
+class Status(enum.IntEnum):
+    OK              = 0
+    BAD_CRC         = 1
+    UNKNOWN_COMMAND = 2
+    BAD_LENGTH      = 3
+    BAD_REGISTER    = 4
+    TIMEOUT         = 5
+    BAD_FRAME_SIZE  = 6
+
+
+class Register(enum.IntEnum):
+    ID            = 0x00
+    WIDTH         = 0x01
+    HEIGHT        = 0x02
+    INV_REF_VAR   = 0x03
+    PAD_MODE      = 0x04
+    CONTROL       = 0x08
+    CYCLES        = 0x10
+    FRAMES        = 0x11
+    ERRORS        = 0x12
+    IGNORED_BYTES = 0x13
+    BAD_COMMANDS  = 0x14
+    PIXEL_CREDIT  = 0x15
+
+
+#: ERRORS register: bit → name (bits 0-4 come from the pipeline).
+ERROR_BITS = {
+    0: "pipeline_0", 1: "pipeline_1", 2: "pipeline_2", 3: "pipeline_3", 4: "pipeline_4",
+    8: "uart_framing", 9: "uart_overrun", 10: "command_timeout", 11: "bad_crc",
+    12: "frame_timeout",
+}
+
+
+def crc8(data, crc=0):
+    """CRC-8/SMBUS: polynomial 0x07, initial value ``crc`` (0), no reflection, no final xor."""
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _packet(magic, code, payload):
+    payload = bytes(payload)
+    if len(payload) > 255:
+        raise ValueError(f"payload must be at most 255 bytes, not {len(payload)}")
+    body = bytes([code, len(payload)]) + payload
+    return bytes([magic]) + body + bytes([crc8(body)])
+
+
+def encode_command(command, payload=b""):
+    """``0xA5, command, len, payload, crc8(command, len, payload)``."""
+    return _packet(COMMAND_MAGIC, int(command), payload)
+
+
+def encode_ping():
+    return encode_command(Command.PING)
+
+
+def encode_write_register(address, value):
+    return encode_command(Command.WRITE_REG, struct.pack("<BI", int(address), value & 0xFFFFFFFF))
+
+
+def encode_read_register(address):
+    return encode_command(Command.READ_REG, bytes([int(address)]))
+
+
+def encode_run_frame():
+    return encode_command(Command.RUN_FRAME)
+
+
+def encode_reply(status, payload=b""):
+    """``0x5A, status, len, payload, crc8(status, len, payload)`` (what the device sends)."""
+    return _packet(REPLY_MAGIC, int(status), payload)
+
+
+def encode_frame_result(results, status=Status.OK):
+    """Raw result bytes (u16 little-endian each) and the trailer ``status, crc8(result bytes)``."""
+    data = np.asarray(results, dtype="<u2").tobytes()
+    return data + bytes([int(status), crc8(data)])
+
+
+def _status(code):
+    try:
+        return Status(code)
+    except ValueError:
+        return code
+
+
+#: A reply packet. ``status`` is a :class:`Status` (an ``int`` if unknown).
+Reply = collections.namedtuple("Reply", ["status", "payload", "crc_ok"])
+#: The raw results of RUN_FRAME and their trailer.
+FrameResult = collections.namedtuple("FrameResult", ["data", "status", "crc_ok"])
+
+
+class ReplyParser:
+    """Incremental parser of the device → host byte stream.
+
+    :meth:`feed` takes bytes in pieces of any size and returns the
+    :class:`Reply` and :class:`FrameResult` items they complete. Bytes other
+    than ``0x5A`` between replies are skipped and counted in ``ignored``.
+    An OK reply to a RUN_FRAME command is followed by raw result bytes and a
+    trailer, which the parser can only tell apart from packets if it knows
+    which commands were sent: call :meth:`expect` with each command, in order.
+    """
+
+    def __init__(self):
+        self.ignored = 0
+        self._expected = collections.deque()
+        self._buffer = bytearray()
+        self._frame_bytes = None          # result bytes still to come, when inside a frame
+
+    @property
+    def pending_bytes(self):
+        """Bytes received but not yet part of a returned item (the results of a frame so far)."""
+        return len(self._buffer)
+
+    def expect(self, command):
+        """Note that a packet with command code ``command`` was sent; its reply is parsed accordingly."""
+        self._expected.append(int(command))
+
+    def feed(self, data):
+        self._buffer += data
+        items = []
+        while True:
+            item = self._parse_one()
+            if item is None:
+                return items
+            items.append(item)
+
+    def _parse_one(self):
+        buffer = self._buffer
+        if self._frame_bytes is not None:
+            if len(buffer) < self._frame_bytes + 2:
+                return None
+            data = bytes(buffer[:self._frame_bytes])
+            status, crc = buffer[self._frame_bytes], buffer[self._frame_bytes + 1]
+            del buffer[:self._frame_bytes + 2]
+            self._frame_bytes = None
+            return FrameResult(data, _status(status), crc == crc8(data))
+        while buffer and buffer[0] != REPLY_MAGIC:
+            del buffer[0]
+            self.ignored += 1
+        if len(buffer) < 3 or len(buffer) < 4 + buffer[2]:
+            return None
+        length = buffer[2]
+        packet = bytes(buffer[:4 + length])
+        del buffer[:4 + length]
+        reply = Reply(_status(packet[1]), packet[3:3 + length], packet[-1] == crc8(packet[1:-1]))
+        command = self._expected.popleft() if self._expected else None
+        if command == Command.RUN_FRAME and reply.status == Status.OK and reply.crc_ok and \
+                length == 4:
+            self._frame_bytes = int.from_bytes(reply.payload, "little")
+        return reply
+
+
+class LinkError(Exception):
+    """Base of the link errors."""
+
+
+class ProtocolError(LinkError):
+    """The device answered with an error status, or its answer is malformed.
+
+    ``status`` is the :class:`Status` the device sent, or ``None`` when the
+    host found the answer malformed (bad CRC, wrong length, bad magic).
+    """
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class LinkTimeout(LinkError):
+    """The device sent nothing within the timeout."""
+
+
+class LinkUnavailable(LinkError):
+    """The transport could not be opened."""
+
+
+def _register_address(register):
+    if isinstance(register, str):
+        try:
+            return Register[register.upper()]
+        except KeyError:
+            names = ", ".join(r.name.lower() for r in Register)
+            raise ValueError(f"register must be one of {names} or an address, "
+                             f"not {register!r}") from None
+    if isinstance(register, int) and not isinstance(register, bool) and 0 <= register <= 255:
+        return register
+    raise ValueError(f"register must be a name or an address in [0, 255], not {register!r}")
+
+
+class HostLink:
+    """Host API of the device.
+
+    Parameters
+    ----------
+    transport
+        An object with ``write(data: bytes)`` and ``read(n, timeout) -> bytes``;
+        ``read`` returns between 1 and ``n`` bytes, or ``b""`` when nothing
+        arrived within ``timeout`` seconds.
+    timeout : float
+        Seconds to wait for the device to say anything.
+
+    Raises
+    ------
+    ProtocolError
+        The device replied with an error status (``.status`` names it) or
+        sent a malformed reply.
+    LinkTimeout
+        The device said nothing within ``timeout``.
+    """
+
+    def __init__(self, transport, *, timeout=1.0):
+        self.transport = transport
+        self.timeout = timeout
+        self.parser = ReplyParser()
+        self._items = collections.deque()
+        self._info = None
+        self._credit = None
+
+    def _next_item(self):
+        while not self._items:
+            data = self.transport.read(4096, self.timeout)
+            if not data:
+                raise LinkTimeout(f"the device sent nothing within {self.timeout} s")
+            self._items.extend(self.parser.feed(data))
+        return self._items.popleft()
+
+    def _command(self, command, payload=b""):
+        self.parser.expect(command)
+        self.transport.write(encode_command(command, payload))
+        reply = self._next_item()
+        if not isinstance(reply, Reply) or not reply.crc_ok:
+            raise ProtocolError(f"{Command(command).name}: reply with a bad CRC")
+        if reply.status != Status.OK:
+            name = getattr(reply.status, "name", str(reply.status))
+            raise ProtocolError(f"{Command(command).name}: device replied {name}", reply.status)
+        return reply.payload
+
+    def ping(self):
+        """Return ``{"version", "build_info"}``; ``build_info`` is (kernel size, channels, result bytes)."""
+        payload = self._command(Command.PING)
+        if len(payload) != 8 or payload[:4] != DEVICE_MAGIC:
+            raise ProtocolError(f"PING: unexpected payload {payload.hex()}")
+        if payload[4] != PROTOCOL_VERSION:
+            raise ProtocolError(f"PING: protocol version {payload[4]}, expected {PROTOCOL_VERSION}")
+        self._info = {"version": payload[4], "build_info": tuple(payload[5:8])}
+        return dict(self._info)
+
+    def write_register(self, register, value):
+        self._command(Command.WRITE_REG, struct.pack("<BI", _register_address(register),
+                                                     value & 0xFFFFFFFF))
+
+    def read_register(self, register):
+        payload = self._command(Command.READ_REG, bytes([_register_address(register)]))
+        if len(payload) != 4:
+            raise ProtocolError(f"READ_REG: payload of {len(payload)} bytes, expected 4")
+        return int.from_bytes(payload, "little")
+
+    def status(self):
+        """Counters and error flags: a dict of register values and the names of the raised errors."""
+        values = {register.name.lower(): self.read_register(register)
+                  for register in (Register.CYCLES, Register.FRAMES, Register.ERRORS,
+                                   Register.IGNORED_BYTES, Register.BAD_COMMANDS)}
+        values["error_names"] = [name for bit, name in ERROR_BITS.items()
+                                 if values["errors"] >> bit & 1]
+        return values
+
+    def clear_errors(self):
+        self.write_register(Register.CONTROL, 1)
+
+    def run_frame(self, frame):
+        """Send a uint8 frame ``[H, W]`` or ``[H, W, C]``, return its results as uint16 ``[H, W, C]``.
+
+        Pixels are sent in pieces so that pixel bytes sent minus results
+        received never exceed the device's PIXEL_CREDIT (its pixel buffer).
+        """
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+            raise ValueError(f"frame must be a uint8 array [H, W] or [H, W, C], "
+                             f"not {frame.dtype} {frame.shape}")
+        if frame.ndim == 2:
+            frame = frame[:, :, None]
+        height, width, channels = frame.shape
+        if self._info is None:
+            self.ping()
+        if self._credit is None:
+            self._credit = self.read_register(Register.PIXEL_CREDIT)
+        device_channels = self._info["build_info"][1]
+        if channels != device_channels:
+            raise ValueError(f"frame must have {device_channels} channels, not {channels}")
+        self.write_register(Register.WIDTH, width)
+        self.write_register(Register.HEIGHT, height)
+
+        header = self._command(Command.RUN_FRAME)
+        pixels = np.ascontiguousarray(frame).tobytes()
+        expected = len(pixels) * RESULT_BYTES
+        if int.from_bytes(header, "little") != expected:
+            raise ProtocolError(f"RUN_FRAME: device announces {int.from_bytes(header, 'little')} "
+                                f"result bytes, expected {expected}")
+        sent = 0
+        while True:
+            if self._items:
+                result = self._items.popleft()
+                break
+            in_flight = sent - self.parser.pending_bytes // RESULT_BYTES
+            if sent < len(pixels) and in_flight < self._credit:
+                piece = min(self._credit - in_flight, len(pixels) - sent)
+                self.transport.write(pixels[sent:sent + piece])
+                sent += piece
+            data = self.transport.read(4096, self.timeout)
+            if not data:
+                raise LinkTimeout(f"RUN_FRAME: the device sent nothing within {self.timeout} s")
+            self._items.extend(self.parser.feed(data))
+        if not isinstance(result, FrameResult):
+            raise ProtocolError("RUN_FRAME: expected results, got a reply packet")
+        if result.status != Status.OK:
+            name = getattr(result.status, "name", str(result.status))
+            raise ProtocolError(f"RUN_FRAME: device ended the frame with {name}", result.status)
+        if not result.crc_ok:
+            raise ProtocolError("RUN_FRAME: result CRC mismatch")
+        return np.frombuffer(result.data, dtype="<u2").astype(np.uint16) \
+            .reshape(height, width, channels)
+
+
+class SerialTransport:
+    """A serial port as a transport (needs ``pyserial``).
+
+    Raises
+    ------
+    LinkUnavailable
+        If ``pyserial`` is missing or the port cannot be opened.
+    """
+
+    def __init__(self, port, baud=115200):
+        try:
+            import serial
+        except ImportError:
+            raise LinkUnavailable("cannot open a serial port: pyserial is not installed "
+                                  "(pip install pyserial)") from None
+        try:
+            self.port = serial.Serial(port, baud, timeout=0)
+        except (serial.SerialException, OSError, ValueError) as error:
+            reason = "no such device" if "No such file" in str(error) else str(error)
+            raise LinkUnavailable(f"cannot open {port}: {reason} — is the board plugged in "
+                                  f"and flashed?") from error
+
+    def write(self, data):
+        self.port.write(data)
+        self.port.flush()
+
+    def read(self, n, timeout):
+        self.port.timeout = timeout
+        data = self.port.read(1)
+        if data and n > 1:
+            self.port.timeout = 0
+            data += self.port.read(min(n - 1, self.port.in_waiting))
+        return data
+
+    def close(self):
+        self.port.close()

@@ -1,0 +1,451 @@
+"""Command processor between the UART byte streams and the pipeline (protocol version 1).
+
+The protocol is specified byte by byte in ``docs/protocol.md``; its constants
+come from :mod:`dynsparse.boards.protocol`, the host side, so that both ends
+share one definition.
+"""
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..boards.protocol import (COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION,
+                               REPLY_MAGIC, RESULT_BYTES, Command, Register, Status)
+from .frame import check_int, frame_layout
+
+
+__all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next"]
+
+
+#: Payload of the ``pixel`` stream: one byte of one channel, frame markers.
+pixel_byte_layout = frame_layout(unsigned(8))
+
+#: Payload of the ``result`` stream: one u16 result per pixel byte.
+result_layout = data.StructLayout({"data": unsigned(16), "last": unsigned(1)})
+
+
+def _crc8_step(value):
+    for _ in range(8):
+        value = ((value << 1) ^ 0x07) & 0xFF if value & 0x80 else (value << 1) & 0xFF
+    return value
+
+
+def crc8_next(crc, byte):
+    """CRC-8/SMBUS (polynomial 0x07, no reflection) of ``crc`` extended by ``byte``, as logic.
+
+    The byte step is linear over GF(2): output bit ``j`` is the parity of the
+    input bits ``i`` of ``crc ^ byte`` whose unit vector sets bit ``j``.
+    """
+    value = crc ^ byte
+    columns = [_crc8_step(1 << i) for i in range(8)]
+    return Cat(*(Cat(*(value[i] for i in range(8) if columns[i] >> j & 1)).xor()
+                 for j in range(8)))
+
+
+class HostLink(wiring.Component):
+    """Registers, counters and frame transfer over a byte link.
+
+    Commands arrive on ``rx`` and replies leave on ``tx`` as packets with a
+    CRC-8. RUN_FRAME forwards ``width · height · channels`` pixel bytes from
+    ``rx`` to ``pixel`` through a FIFO of ``pixel_buffer`` bytes, and sends each
+    result from ``result`` back as two bytes, LSB first, then a trailer. A
+    watchdog bounds every wait (see ``docs/protocol.md``, *Timeouts*).
+
+    Parameters
+    ----------
+    channels : int
+        Pixel bytes (and results) per pixel, at least 1.
+    max_width, max_height : int
+        Largest frame, at least 1 each.
+    timeout_cycles : int
+        Cycles of silence, at least 16, after which a command packet is
+        dropped or a frame's missing pixels are replaced with zeros; results
+        missing for four times as long are replaced with zeros.
+    build_info : tuple of 3 ints
+        Bytes 6-8 of the PING reply, each in [0, 255]; by convention
+        (kernel size, channels, result bytes per result).
+    pixel_buffer : int
+        Depth of the pixel FIFO in bytes, at least 2, read back as the
+        PIXEL_CREDIT register. The host keeps at most this many pixel bytes
+        without their results in flight, so the pipeline's latency in pixel
+        bytes must be smaller than it.
+
+    Members
+    -------
+    rx : In(stream.Signature(unsigned(8)))
+        Bytes from the UART receiver.
+    tx : Out(stream.Signature(unsigned(8)))
+        Bytes to the UART transmitter.
+    pixel : Out(stream.Signature(pixel_byte_layout))
+        Pixel bytes of a frame, raster order, channels interleaved.
+    result : In(stream.Signature(result_layout))
+        One result per pixel byte, in order; ``last`` is not used (the count is).
+    width, height : Out(unsigned)
+        The WIDTH and HEIGHT registers, or 0 when out of range.
+    inv_ref_var : Out(unsigned(24))
+        The INV_REF_VAR register.
+    pad_mode : Out(unsigned(2))
+        The PAD_MODE register.
+    pipeline_errors : In(5)
+        Error flags of the pipeline, read in ERRORS bits 0-4.
+    clear_errors : Out(1)
+        Pulses for one cycle when CONTROL bit 0 is written with 1.
+    uart_errors : In(2)
+        Framing error and overrun pulses from the UART receiver (bits 0, 1).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad parameter; the message names the value.
+    """
+
+    def __init__(self, *, channels=1, max_width=640, max_height=480, timeout_cycles=600_000,
+                 build_info=(3, 1, RESULT_BYTES), pixel_buffer=256):
+        self._channels = check_int("channel count", channels, minimum=1)
+        self._max_width = check_int("maximum width", max_width, minimum=1)
+        self._max_height = check_int("maximum height", max_height, minimum=1)
+        self._timeout_cycles = check_int("timeout", timeout_cycles, minimum=16)
+        self._pixel_buffer = check_int("pixel buffer depth", pixel_buffer, minimum=2)
+        if not isinstance(build_info, (tuple, list)) or len(build_info) != 3 or \
+                not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
+                        for b in build_info):
+            raise ValueError(f"build info must be 3 integers in [0, 255], not {build_info!r}")
+        self._build_info = tuple(build_info)
+        if max_width * max_height * channels * RESULT_BYTES >= 2 ** 32:
+            raise ValueError(f"frame of {max_width}×{max_height}×{channels} must have fewer "
+                             f"than 2**32 result bytes")
+        super().__init__({
+            "rx":              In(stream.Signature(unsigned(8))),
+            "tx":              Out(stream.Signature(unsigned(8))),
+            "pixel":           Out(stream.Signature(pixel_byte_layout)),
+            "result":          In(stream.Signature(result_layout)),
+            "width":           Out(range(max_width + 1)),
+            "height":          Out(range(max_height + 1)),
+            "inv_ref_var":     Out(unsigned(24)),
+            "pad_mode":        Out(unsigned(2)),
+            "pipeline_errors": In(5),
+            "clear_errors":    Out(1),
+            "uart_errors":     In(2),
+        })
+
+    channels       = property(lambda self: self._channels)
+    max_width      = property(lambda self: self._max_width)
+    max_height     = property(lambda self: self._max_height)
+    timeout_cycles = property(lambda self: self._timeout_cycles)
+    build_info     = property(lambda self: self._build_info)
+    pixel_buffer   = property(lambda self: self._pixel_buffer)
+
+    def elaborate(self, platform):
+        m = Module()
+        timeout = self._timeout_cycles
+        m.submodules.pixel_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._pixel_buffer)
+
+        # -------- registers, counters, error flags -------------------------------------------
+        width_reg    = Signal(32)
+        height_reg   = Signal(32)
+        inv_ref_var  = Signal(24)
+        pad_mode     = Signal(2)
+        cycles       = Signal(32)
+        frames       = Signal(32)
+        ignored      = Signal(32)
+        bad_commands = Signal(32)
+        link_errors  = Signal(5)     # ERRORS bits 8-12
+        raised       = Signal(5)
+        clear        = Signal()
+        count_ignored = Signal()
+        count_bad     = Signal()
+
+        m.d.comb += [
+            self.width.eq(Mux((width_reg >= 1) & (width_reg <= self._max_width), width_reg, 0)),
+            self.height.eq(Mux((height_reg >= 1) & (height_reg <= self._max_height), height_reg, 0)),
+            self.inv_ref_var.eq(inv_ref_var),
+            self.pad_mode.eq(pad_mode),
+            self.clear_errors.eq(clear),
+            raised[0:2].eq(self.uart_errors),
+        ]
+        # A flag raised or a count made in the cycle of a clear survives it.
+        with m.If(clear):
+            m.d.sync += [link_errors.eq(raised), ignored.eq(count_ignored),
+                         bad_commands.eq(count_bad)]
+        with m.Else():
+            m.d.sync += [link_errors.eq(link_errors | raised), ignored.eq(ignored + count_ignored),
+                         bad_commands.eq(bad_commands + count_bad)]
+        errors_value = Cat(self.pipeline_errors, C(0, 3), link_errors)
+
+        # -------- tx: one output register; the CRC follows the bytes loaded into it ------------
+        can_send  = ~self.tx.valid | self.tx.ready
+        send      = Signal()
+        send_byte = Signal(8)
+        crc_op    = Signal(2)        # 0: include the byte, 1: leave the CRC, 2: restart at 0
+        tx_crc    = Signal(8)
+        with m.If(self.tx.ready):
+            m.d.sync += self.tx.valid.eq(0)
+        with m.If(send):
+            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(send_byte)]
+            with m.Switch(crc_op):
+                with m.Case(0):
+                    m.d.sync += tx_crc.eq(crc8_next(tx_crc, send_byte))
+                with m.Case(2):
+                    m.d.sync += tx_crc.eq(0)
+
+        def emit(byte, op=0):
+            """Load ``byte`` into the tx register (only when ``can_send``)."""
+            return [send.eq(1), send_byte.eq(byte), crc_op.eq(op)]
+
+        # -------- watchdog: cycles without any transfer ------------------------------------------
+        idle_cycles = Signal(range(4 * timeout + 1))
+        progress = ((self.rx.valid & self.rx.ready) | (self.tx.valid & self.tx.ready) |
+                    (self.pixel.valid & self.pixel.ready) | (self.result.valid & self.result.ready))
+        with m.If(progress):
+            m.d.sync += idle_cycles.eq(0)
+        with m.Elif(idle_cycles != 4 * timeout):
+            m.d.sync += idle_cycles.eq(idle_cycles + 1)
+
+        # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
+        max_pixels = self._max_width * self._max_height * self._channels
+        frame_pixels = Signal(range(max_pixels + 1))
+        pixels_in    = Signal.like(frame_pixels)     # bytes written into the FIFO
+        pixels_out   = Signal.like(frame_pixels)     # bytes taken by the pipeline
+        results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
+        filling      = Signal()                       # the rest of the frame is zeros
+        aborting     = Signal()                       # the rest of the results are zeros
+        timed_out    = Signal()
+        in_frame     = Signal()                       # the FSM is in FRAME: rx carries pixels
+
+        with m.If(pixels_in != frame_pixels):
+            with m.If(filling):
+                m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(0)]
+            with m.Elif(in_frame):
+                m.d.comb += [self.rx.ready.eq(fifo.w_rdy), fifo.w_en.eq(self.rx.valid),
+                             fifo.w_data.eq(self.rx.payload)]
+        with m.If(fifo.w_en & fifo.w_rdy):
+            m.d.sync += pixels_in.eq(pixels_in + 1)
+
+        m.d.comb += [
+            self.pixel.valid.eq(fifo.r_rdy),
+            self.pixel.payload.data.eq(fifo.r_data),
+            self.pixel.payload.first.eq(pixels_out == 0),
+            self.pixel.payload.last.eq(pixels_out == frame_pixels - 1),
+            fifo.r_en.eq(self.pixel.ready),
+        ]
+        counting = Signal()
+        cycle_count = Signal(32)
+        with m.If(counting):
+            m.d.sync += cycle_count.eq(cycle_count + 1)
+        with m.If(self.pixel.valid & self.pixel.ready):
+            m.d.sync += pixels_out.eq(pixels_out + 1)
+            with m.If(pixels_out == 0):
+                m.d.sync += [counting.eq(1), cycle_count.eq(1)]
+
+        # -------- command packets ----------------------------------------------------------------
+        rx_byte = self.rx.payload
+        rx_got = self.rx.valid & self.rx.ready
+        rx_crc = Signal(8)
+        command = Signal(8)
+        length = Signal(8)
+        payload_index = Signal(8)
+        payload = Signal(40)         # the first 5 payload bytes: address, u32 value
+        address = payload[0:8]
+        value = payload[8:40]
+
+        reply_status = Signal(8)
+        reply_length = Signal(4)
+        reply_data   = Signal(64)
+        reply_index  = Signal(4)
+        frame_after  = Signal()      # the reply is RUN_FRAME's header: the frame follows
+
+        def reply(status, length=0, data=0, *, frame=False):
+            if status != Status.OK:
+                m.d.comb += count_bad.eq(1)
+            m.d.sync += [reply_status.eq(status), reply_length.eq(length), reply_data.eq(data),
+                         frame_after.eq(frame)]
+            m.next = "REPLY_MAGIC"
+
+        read_value = Signal(32)
+        read_ok = Signal()
+        with m.Switch(address):
+            for register, source in (
+                    (Register.ID, DEVICE_ID), (Register.WIDTH, width_reg),
+                    (Register.HEIGHT, height_reg), (Register.INV_REF_VAR, inv_ref_var),
+                    (Register.PAD_MODE, pad_mode), (Register.CYCLES, cycles),
+                    (Register.FRAMES, frames), (Register.ERRORS, errors_value),
+                    (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
+                    (Register.PIXEL_CREDIT, self._pixel_buffer)):
+                with m.Case(register):
+                    m.d.comb += [read_value.eq(source), read_ok.eq(1)]
+
+        ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
+                                   "little")
+        size_ok = (self.width != 0) & (self.height != 0)
+        header_timeout = ~self.rx.valid & (idle_cycles >= timeout)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]   # drain stray results
+                with m.If(rx_got):
+                    with m.If(rx_byte == COMMAND_MAGIC):
+                        m.d.sync += rx_crc.eq(0)
+                        m.next = "COMMAND"
+                    with m.Else():
+                        m.d.comb += count_ignored.eq(1)
+
+            for state, next_state in (("COMMAND", "LENGTH"), ("LENGTH", "PAYLOAD"),
+                                      ("PAYLOAD", "CHECK"), ("CHECK", None)):
+                with m.State(state):
+                    m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]
+                    with m.If(rx_got):
+                        m.d.sync += rx_crc.eq(crc8_next(rx_crc, rx_byte))
+                        if state == "COMMAND":
+                            m.d.sync += command.eq(rx_byte)
+                            m.next = "LENGTH"
+                        elif state == "LENGTH":
+                            m.d.sync += [length.eq(rx_byte), payload_index.eq(0)]
+                            m.next = "PAYLOAD"
+                            with m.If(rx_byte == 0):
+                                m.next = "CHECK"
+                        elif state == "PAYLOAD":
+                            for i in range(5):
+                                with m.If(payload_index == i):
+                                    m.d.sync += payload[8 * i:8 * i + 8].eq(rx_byte)
+                            m.d.sync += payload_index.eq(payload_index + 1)
+                            with m.If(payload_index == length - 1):
+                                m.next = "CHECK"
+                        else:
+                            with m.If(rx_byte == rx_crc):
+                                m.next = "EXECUTE"
+                            with m.Else():
+                                m.d.comb += raised[3].eq(1)
+                                reply(Status.BAD_CRC)
+                    with m.Elif(header_timeout):
+                        m.d.comb += raised[2].eq(1)
+                        reply(Status.TIMEOUT)
+
+            with m.State("EXECUTE"):
+                with m.Switch(command):
+                    with m.Case(Command.PING):
+                        with m.If(length != 0):
+                            reply(Status.BAD_LENGTH)
+                        with m.Else():
+                            reply(Status.OK, 8, ping_data)
+                    with m.Case(Command.WRITE_REG):
+                        with m.If(length != 5):
+                            reply(Status.BAD_LENGTH)
+                        with m.Else():
+                            reply(Status.OK)
+                            with m.Switch(address):
+                                with m.Case(Register.WIDTH):
+                                    m.d.sync += width_reg.eq(value)
+                                with m.Case(Register.HEIGHT):
+                                    m.d.sync += height_reg.eq(value)
+                                with m.Case(Register.INV_REF_VAR):
+                                    m.d.sync += inv_ref_var.eq(value)
+                                with m.Case(Register.PAD_MODE):
+                                    m.d.sync += pad_mode.eq(value)
+                                with m.Case(Register.CONTROL):
+                                    m.d.comb += clear.eq(value[0])
+                                with m.Default():
+                                    reply(Status.BAD_REGISTER)
+                    with m.Case(Command.READ_REG):
+                        with m.If(length != 1):
+                            reply(Status.BAD_LENGTH)
+                        with m.Elif(read_ok):
+                            reply(Status.OK, 4, read_value)
+                        with m.Else():
+                            reply(Status.BAD_REGISTER)
+                    with m.Case(Command.RUN_FRAME):
+                        total = self.width * self.height * self._channels
+                        with m.If(length != 0):
+                            reply(Status.BAD_LENGTH)
+                        with m.Elif(~size_ok):
+                            reply(Status.BAD_FRAME_SIZE)
+                        with m.Elif(pixels_out != frame_pixels):
+                            # The previous frame's pixels are still not taken: the pipeline hangs.
+                            reply(Status.TIMEOUT)
+                        with m.Else():
+                            reply(Status.OK, 4, total * RESULT_BYTES, frame=True)
+                            m.d.sync += [
+                                frame_pixels.eq(total), pixels_in.eq(0), pixels_out.eq(0),
+                                results_in.eq(0), filling.eq(0), aborting.eq(0),
+                                timed_out.eq(0),
+                            ]
+                    with m.Default():
+                        reply(Status.UNKNOWN_COMMAND)
+
+            # ---- reply packet: magic, status, length, payload, CRC ----
+            with m.State("REPLY_MAGIC"):
+                with m.If(can_send):
+                    m.d.comb += emit(REPLY_MAGIC, op=2)
+                    m.next = "REPLY_STATUS"
+            with m.State("REPLY_STATUS"):
+                with m.If(can_send):
+                    m.d.comb += emit(reply_status)
+                    m.next = "REPLY_LENGTH"
+            with m.State("REPLY_LENGTH"):
+                with m.If(can_send):
+                    m.d.comb += emit(reply_length)
+                    m.d.sync += reply_index.eq(0)
+                    m.next = "REPLY_DATA"
+                    with m.If(reply_length == 0):
+                        m.next = "REPLY_CRC"
+            with m.State("REPLY_DATA"):
+                with m.If(can_send):
+                    m.d.comb += emit(reply_data[0:8])
+                    m.d.sync += [reply_data.eq(reply_data >> 8), reply_index.eq(reply_index + 1)]
+                    with m.If(reply_index == reply_length - 1):
+                        m.next = "REPLY_CRC"
+            with m.State("REPLY_CRC"):
+                with m.If(can_send):
+                    m.d.comb += emit(tx_crc, op=2)
+                    m.next = "IDLE"
+                    with m.If(frame_after):
+                        m.next = "FRAME"
+
+            # ---- RUN_FRAME: pixels in, results out (LSB first), then the trailer ----
+            with m.State("FRAME"):
+                m.d.comb += in_frame.eq(1)
+                result_word = Signal(16)
+                result_full = Signal()
+                result_high = Signal()
+                waiting_host = (pixels_in != frame_pixels) & ~filling & fifo.w_rdy
+                with m.If(waiting_host & (idle_cycles >= timeout)):
+                    m.d.sync += [filling.eq(1), timed_out.eq(1)]
+                    m.d.comb += raised[4].eq(1)
+                with m.If(idle_cycles == 4 * timeout):
+                    m.d.sync += [filling.eq(1), aborting.eq(1), timed_out.eq(1)]
+                    m.d.comb += raised[4].eq(1)
+
+                with m.If(aborting):
+                    m.d.comb += self.result.ready.eq(1)       # late results are discarded
+                with m.If(~result_full & (results_in != frame_pixels)):
+                    with m.If(aborting):
+                        m.d.sync += [result_word.eq(0), result_full.eq(1),
+                                     results_in.eq(results_in + 1)]
+                    with m.Else():
+                        m.d.comb += self.result.ready.eq(1)
+                        with m.If(self.result.valid):
+                            m.d.sync += [result_word.eq(self.result.payload.data),
+                                         result_full.eq(1), results_in.eq(results_in + 1)]
+                            with m.If(results_in == frame_pixels - 1):
+                                m.d.sync += [cycles.eq(cycle_count), counting.eq(0)]
+
+                with m.If(result_full):
+                    with m.If(can_send):
+                        m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
+                        m.d.sync += result_high.eq(~result_high)
+                        with m.If(result_high):
+                            m.d.sync += result_full.eq(0)
+                with m.Elif(results_in == frame_pixels):
+                    m.next = "TRAILER_STATUS"
+            with m.State("TRAILER_STATUS"):
+                with m.If(counting):                          # the frame was cut short
+                    m.d.sync += [cycles.eq(cycle_count), counting.eq(0)]
+                with m.If(can_send):
+                    m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
+                    m.next = "TRAILER_CRC"
+            with m.State("TRAILER_CRC"):
+                with m.If(can_send):
+                    m.d.comb += emit(tx_crc, op=2)
+                    m.d.sync += frames.eq(frames + 1)
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,370 @@
+"""HostLink in amaranth.sim, driven and checked with the host-side protocol code."""
+
+import collections
+import struct
+
+import numpy as np
+import pytest
+from amaranth.back import verilog
+
+from dynsparse.boards.protocol import (
+    DEVICE_ID, Command, FrameResult, Register, Reply, ReplyParser, Status, crc8, encode_command,
+    encode_ping, encode_read_register, encode_run_frame, encode_write_register,
+)
+from dynsparse.hdl.hostlink import HostLink
+from dynsparse.sim.pysim import run_simulation
+from dynsparse.sim.stalls import stall_pattern
+
+
+TIMEOUT = 64
+BUILD_INFO = (3, 2, 2)
+
+
+def make_dut(**overrides):
+    parameters = dict(channels=2, max_width=8, max_height=6, timeout_cycles=TIMEOUT,
+                      build_info=BUILD_INFO, pixel_buffer=16)
+    parameters.update(overrides)
+    return HostLink(**parameters)
+
+
+def model_result(byte):
+    return byte * 3 + 1
+
+
+class Bench:
+    """Host script on ``rx``, reply parser on ``tx``, a pipeline model between ``pixel`` and ``result``.
+
+    The model answers each pixel byte ``b`` with ``3·b + 1`` after ``latency``
+    cycles; ``drop_results`` makes it fall silent after that many results.
+    """
+
+    def __init__(self, dut, *, rx="none", tx="none", pipe="none", seed=0, latency=4,
+                 drop_results=None):
+        self.dut = dut
+        self.patterns = {"rx": rx, "tx": tx, "pipe": pipe}
+        self.seed = seed
+        self.latency = latency
+        self.drop_results = drop_results
+        self.parser = ReplyParser()
+        self.items = []
+        self.tx_bytes = bytearray()
+        self.pixels = []            # (data, first, last) taken by the model
+        self.log = {"clear_pulses": 0}
+
+    # ---- host-side steps, used inside a testbench ----
+    async def send(self, ctx, data, *, command=None):
+        if command is not None:
+            self.parser.expect(command)
+        allow = stall_pattern(self.patterns["rx"], seed=self.seed + len(self.tx_bytes))
+        for value in data:
+            while not next(allow):
+                ctx.set(self.dut.rx.valid, 0)
+                await ctx.tick()
+            ctx.set(self.dut.rx.valid, 1)
+            ctx.set(self.dut.rx.payload, value)
+            await ctx.tick().until(self.dut.rx.ready)
+        ctx.set(self.dut.rx.valid, 0)
+
+    async def command(self, ctx, packet):
+        """Send a packet, wait for its reply and return it."""
+        count = len(self.items)
+        await self.send(ctx, packet, command=packet[1])
+        await self.wait_items(ctx, count + 1)
+        return self.items[count]
+
+    async def wait_items(self, ctx, count):
+        while len(self.items) < count:
+            await ctx.tick()
+
+    async def read(self, ctx, register):
+        reply = await self.command(ctx, encode_read_register(register))
+        assert reply.status == Status.OK and reply.crc_ok, reply
+        return struct.unpack("<I", reply.payload)[0]
+
+    async def write(self, ctx, register, value, status=Status.OK):
+        reply = await self.command(ctx, encode_write_register(register, value))
+        assert reply == Reply(status, b"", True)
+
+    async def run_frame(self, ctx, frame, *, stop_after=None):
+        """RUN_FRAME with ``frame`` [H, W, C]; ``stop_after`` pixel bytes, the host falls silent."""
+        height, width, _ = frame.shape
+        await self.write(ctx, Register.WIDTH, width)
+        await self.write(ctx, Register.HEIGHT, height)
+        count = len(self.items)
+        pixels = frame.tobytes()[:stop_after]
+        await self.send(ctx, encode_run_frame() + pixels, command=Command.RUN_FRAME)
+        await self.wait_items(ctx, count + 2)
+        header, result = self.items[count:count + 2]
+        assert header == Reply(Status.OK, struct.pack("<I", frame.size * 2), True)
+        assert isinstance(result, FrameResult)
+        return np.frombuffer(result.data, dtype="<u2").reshape(frame.shape), result
+
+    # ---- simulation processes ----
+    async def tx_sink(self, ctx):
+        allow = stall_pattern(self.patterns["tx"], seed=self.seed + 1)
+        while True:
+            ready = next(allow)
+            ctx.set(self.dut.tx.ready, ready)
+            _, _, valid, payload, clear = await ctx.tick().sample(
+                self.dut.tx.valid, self.dut.tx.payload, self.dut.clear_errors)
+            self.log["clear_pulses"] += clear
+            if ready and valid:
+                self.tx_bytes.append(payload)
+                self.items += self.parser.feed(bytes([payload]))
+
+    async def pipeline(self, ctx):
+        ready_pattern = stall_pattern(self.patterns["pipe"], seed=self.seed + 2)
+        valid_pattern = stall_pattern(self.patterns["pipe"], seed=self.seed + 3)
+        queue = collections.deque()
+        cycle = produced = 0
+        offering = None
+        while True:
+            ready = next(ready_pattern)
+            ctx.set(self.dut.pixel.ready, ready)
+            if offering is None and queue and queue[0][0] <= cycle and next(valid_pattern) and \
+                    (self.drop_results is None or produced < self.drop_results):
+                offering = queue.popleft()
+            ctx.set(self.dut.result.valid, offering is not None)
+            if offering is not None:
+                ctx.set(self.dut.result.payload, {"data": offering[1], "last": offering[2]})
+            _, _, p_valid, p_payload, r_ready = await ctx.tick().sample(
+                self.dut.pixel.valid, self.dut.pixel.payload, self.dut.result.ready)
+            if ready and p_valid:
+                data, first, last = p_payload.data, p_payload.first, p_payload.last
+                self.pixels.append((data, first, last))
+                if first:
+                    self.log["first_pixel"] = cycle
+                queue.append((cycle + self.latency, model_result(data), last))
+            if offering is not None and r_ready:
+                if offering[2]:
+                    self.log["last_result"] = cycle
+                offering = None
+                produced += 1
+            cycle += 1
+
+    def run(self, script, *, deadline=60_000):
+        async def host(ctx):
+            await script(ctx, self)
+            # Nothing more may come out.
+            count = len(self.tx_bytes)
+            await ctx.tick().repeat(5 * TIMEOUT)
+            assert len(self.tx_bytes) == count, f"unexpected bytes {self.tx_bytes[count:].hex()}"
+
+        run_simulation(self.dut, [host], processes=[self.tx_sink, self.pipeline],
+                       deadline_cycles=deadline)
+
+
+PATTERNS = [("none", "none", "none"), ("fixed", "fixed", "fixed"),
+            ("random", "random", "random"), ("none", "random", "fixed")]
+
+
+@pytest.mark.parametrize("rx,tx,pipe", PATTERNS)
+def test_ping(rx, tx, pipe):
+    bench = Bench(make_dut(), rx=rx, tx=tx, pipe=pipe, seed=11)
+
+    async def script(ctx, bench):
+        reply = await bench.command(ctx, encode_ping())
+        assert reply == Reply(Status.OK, b"DSPS\x01" + bytes(BUILD_INFO), True)
+
+    bench.run(script)
+
+
+def test_registers():
+    dut = make_dut()
+    bench = Bench(dut, rx="random", tx="random", seed=5)
+
+    async def script(ctx, bench):
+        assert await bench.read(ctx, Register.ID) == DEVICE_ID
+        assert await bench.read(ctx, Register.WIDTH) == 0
+        assert await bench.read(ctx, Register.PIXEL_CREDIT) == 16
+        await bench.write(ctx, Register.WIDTH, 7)
+        await bench.write(ctx, Register.HEIGHT, 6)
+        await bench.write(ctx, Register.INV_REF_VAR, 0xFFABCDEF)
+        await bench.write(ctx, Register.PAD_MODE, 2)
+        assert await bench.read(ctx, Register.WIDTH) == 7
+        assert await bench.read(ctx, Register.HEIGHT) == 6
+        assert await bench.read(ctx, Register.INV_REF_VAR) == 0xABCDEF
+        assert await bench.read(ctx, Register.PAD_MODE) == 2
+        assert (ctx.get(dut.width), ctx.get(dut.height)) == (7, 6)
+        assert (ctx.get(dut.inv_ref_var), ctx.get(dut.pad_mode)) == (0xABCDEF, 2)
+        # Out of range: the register keeps the value, the port shows 0.
+        await bench.write(ctx, Register.WIDTH, 9)
+        assert await bench.read(ctx, Register.WIDTH) == 9
+        assert ctx.get(dut.width) == 0
+        # Read-only, write-only and unknown addresses.
+        for register in (Register.ID, Register.CYCLES, Register.ERRORS, 0x30):
+            await bench.write(ctx, register, 1, status=Status.BAD_REGISTER)
+        for register in (Register.CONTROL, 0x05, 0xFF):
+            reply = await bench.command(ctx, encode_read_register(register))
+            assert reply == Reply(Status.BAD_REGISTER, b"", True)
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 7
+
+    bench.run(script)
+
+
+def test_bad_packets_counters_and_clear():
+    dut = make_dut()
+    bench = Bench(dut, rx="fixed", tx="random", seed=9)
+
+    async def script(ctx, bench):
+        packet = bytearray(encode_ping())
+        packet[-1] ^= 0x40
+        assert await bench.command(ctx, bytes(packet)) == Reply(Status.BAD_CRC, b"", True)
+        assert await bench.command(ctx, encode_command(0x7F, b"xyz")) == \
+            Reply(Status.UNKNOWN_COMMAND, b"", True)
+        # A known command with the wrong length: the payload and CRC are consumed first.
+        assert await bench.command(ctx, encode_command(Command.PING, b"\xA5\xA5")) == \
+            Reply(Status.BAD_LENGTH, b"", True)
+        assert await bench.command(ctx, encode_command(Command.READ_REG)) == \
+            Reply(Status.BAD_LENGTH, b"", True)
+        assert await bench.command(ctx, encode_command(Command.WRITE_REG, bytes(4))) == \
+            Reply(Status.BAD_LENGTH, b"", True)
+        assert await bench.command(ctx, encode_command(Command.RUN_FRAME, b"\x00")) == \
+            Reply(Status.BAD_LENGTH, b"", True)
+        # Garbage before the magic is skipped and counted.
+        await bench.send(ctx, b"\x00\x5A\xFF\x13")
+        reply = await bench.command(ctx, encode_ping())
+        assert reply.status == Status.OK
+        ctx.set(dut.uart_errors, 0b10)
+        ctx.set(dut.pipeline_errors, 0b10101)
+        await ctx.tick()
+        ctx.set(dut.uart_errors, 0)
+        assert await bench.read(ctx, Register.IGNORED_BYTES) == 4
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 6
+        assert await bench.read(ctx, Register.ERRORS) == (1 << 11) | (1 << 9) | 0b10101
+        assert bench.log["clear_pulses"] == 0
+        await bench.write(ctx, Register.CONTROL, 1)
+        assert bench.log["clear_pulses"] == 1
+        ctx.set(dut.pipeline_errors, 0)
+        assert await bench.read(ctx, Register.ERRORS) == 0
+        assert await bench.read(ctx, Register.IGNORED_BYTES) == 0
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 0
+        await bench.write(ctx, Register.CONTROL, 0)
+        assert bench.log["clear_pulses"] == 1
+
+    bench.run(script)
+
+
+def test_command_timeout():
+    bench = Bench(make_dut(), seed=3)
+
+    async def script(ctx, bench):
+        count = len(bench.items)
+        await bench.send(ctx, encode_write_register(Register.WIDTH, 3)[:5], command=Command.PING)
+        await bench.wait_items(ctx, count + 1)
+        assert bench.items[count] == Reply(Status.TIMEOUT, b"", True)
+        assert await bench.read(ctx, Register.WIDTH) == 0
+        assert await bench.read(ctx, Register.ERRORS) == 1 << 10
+        assert (await bench.command(ctx, encode_ping())).status == Status.OK
+
+    bench.run(script)
+
+
+@pytest.mark.parametrize("rx,tx,pipe", PATTERNS)
+def test_run_frame(rx, tx, pipe):
+    seed = 100 + len(rx) * 3 + len(tx) + len(pipe)
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((5, 7, 2), (1, 1, 2))]
+    bench = Bench(make_dut(), rx=rx, tx=tx, pipe=pipe, seed=seed)
+
+    async def script(ctx, bench):
+        for number, frame in enumerate(frames, 1):
+            start = len(bench.pixels)
+            results, trailer = await bench.run_frame(ctx, frame)
+            np.testing.assert_equal(results, model_result(frame.astype(np.int64)),
+                                    err_msg=f"seed {seed}")
+            assert trailer.status == Status.OK and trailer.crc_ok
+            assert trailer.data and crc8(trailer.data) == bench.tx_bytes[-1]
+            pixels = bench.pixels[start:]
+            assert [p[0] for p in pixels] == list(frame.tobytes())
+            assert [(p[1], p[2]) for p in pixels] == \
+                [(i == 0, i == frame.size - 1) for i in range(frame.size)]
+            assert await bench.read(ctx, Register.FRAMES) == number
+            assert await bench.read(ctx, Register.CYCLES) == \
+                bench.log["last_result"] - bench.log["first_pixel"]
+        assert await bench.read(ctx, Register.ERRORS) == 0
+
+    bench.run(script)
+
+
+def test_run_frame_bad_size():
+    bench = Bench(make_dut(), seed=4)
+
+    async def script(ctx, bench):
+        for width, height in ((0, 3), (3, 0), (9, 2), (2, 7), (1 << 16 | 3, 2)):
+            await bench.write(ctx, Register.WIDTH, width)
+            await bench.write(ctx, Register.HEIGHT, height)
+            assert await bench.command(ctx, encode_run_frame()) == \
+                Reply(Status.BAD_FRAME_SIZE, b"", True)
+        assert bench.pixels == []
+        results, trailer = await bench.run_frame(ctx, np.full((6, 8, 2), 7, dtype=np.uint8))
+        assert trailer.status == Status.OK and (results == 22).all()
+
+    bench.run(script)
+
+
+@pytest.mark.parametrize("tx,pipe", [("none", "none"), ("random", "random")])
+def test_interrupted_frame(tx, pipe):
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, size=(4, 6, 2), dtype=np.uint8)
+    sent = 19
+    bench = Bench(make_dut(), tx=tx, pipe=pipe, seed=21)
+
+    async def script(ctx, bench):
+        results, trailer = await bench.run_frame(ctx, frame, stop_after=sent)
+        expected = model_result(np.frombuffer(frame.tobytes()[:sent] + bytes(frame.size - sent),
+                                              dtype=np.uint8).astype(np.int64))
+        np.testing.assert_equal(results.ravel(), expected)
+        assert trailer.status == Status.TIMEOUT and trailer.crc_ok
+        assert [p[0] for p in bench.pixels] == list(expected // 3)
+        assert bench.pixels[-1][2] == 1
+        assert await bench.read(ctx, Register.ERRORS) == 1 << 12
+        assert await bench.read(ctx, Register.FRAMES) == 1
+        assert (await bench.command(ctx, encode_ping())).status == Status.OK
+        results, trailer = await bench.run_frame(ctx, frame)
+        assert trailer.status == Status.OK
+        np.testing.assert_equal(results, model_result(frame.astype(np.int64)))
+
+    bench.run(script)
+
+
+def test_results_stop():
+    frame = np.arange(24, dtype=np.uint8).reshape(3, 4, 2)
+    bench = Bench(make_dut(), seed=2, drop_results=10)
+
+    async def script(ctx, bench):
+        results, trailer = await bench.run_frame(ctx, frame)
+        expected = np.where(np.arange(24) < 10, model_result(np.arange(24)), 0)
+        np.testing.assert_equal(results.ravel(), expected)
+        assert trailer.status == Status.TIMEOUT and trailer.crc_ok
+        assert await bench.read(ctx, Register.ERRORS) == 1 << 12
+        assert (await bench.command(ctx, encode_ping())).status == Status.OK
+
+    bench.run(script)
+
+
+def test_parameter_errors():
+    with pytest.raises(ValueError, match=r"^channel count must be an integer >= 1, not 0$"):
+        make_dut(channels=0)
+    with pytest.raises(ValueError, match=r"^maximum width must be an integer >= 1, not 0$"):
+        make_dut(max_width=0)
+    with pytest.raises(TypeError, match=r"^maximum height must be an integer >= 1, not 2\.5$"):
+        make_dut(max_height=2.5)
+    with pytest.raises(ValueError, match=r"^timeout must be an integer >= 16, not 15$"):
+        make_dut(timeout_cycles=15)
+    with pytest.raises(ValueError, match=r"^pixel buffer depth must be an integer >= 2, not 1$"):
+        make_dut(pixel_buffer=1)
+    for build_info in ((1, 2), (1, 2, 256), [1, 2, -1], "abc", (1, 2, True)):
+        with pytest.raises(ValueError, match=r"^build info must be 3 integers in \[0, 255\], "
+                                             r"not .*$"):
+            make_dut(build_info=build_info)
+    with pytest.raises(ValueError, match=r"^frame of 65536×65536×1 must have fewer than 2\*\*32 "
+                                         r"result bytes$"):
+        make_dut(max_width=65536, max_height=65536, channels=1)
+
+
+def test_verilog():
+    text = verilog.convert(HostLink(channels=3, max_width=640, max_height=480,
+                                    timeout_cycles=600_000, build_info=(3, 3, 2)),
+                           name="hostlink")
+    assert "module hostlink" in text

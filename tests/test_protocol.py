@@ -1,0 +1,211 @@
+"""Host side of the link protocol, pure Python: CRC, encoders, parser, host API."""
+
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from dynsparse.boards.protocol import (
+    COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION, Command, FrameResult,
+    HostLink, LinkTimeout, LinkUnavailable, ProtocolError, Register, Reply, ReplyParser,
+    SerialTransport, Status, crc8, encode_command, encode_frame_result, encode_ping,
+    encode_read_register, encode_reply, encode_run_frame, encode_write_register,
+)
+
+
+def test_crc8_check_value():
+    assert crc8(b"123456789") == 0xF4
+    assert crc8(b"") == 0
+    assert crc8(b"6789", crc8(b"12345")) == 0xF4
+
+
+def test_device_id_spells_magic():
+    assert DEVICE_ID == 0x53505344
+    assert DEVICE_ID.to_bytes(4, "little") == DEVICE_MAGIC
+
+
+def test_encoders():
+    assert encode_ping() == bytes([0xA5, 0x01, 0x00, crc8(b"\x01\x00")])
+    packet = encode_write_register(Register.WIDTH, 0x12345678)
+    assert packet == bytes([0xA5, 0x02, 0x05, 0x01, 0x78, 0x56, 0x34, 0x12]) + \
+        bytes([crc8(packet[1:-1])])
+    assert encode_read_register(Register.CYCLES)[:4] == bytes([0xA5, 0x03, 0x01, 0x10])
+    assert encode_run_frame()[:3] == bytes([0xA5, 0x04, 0x00])
+    assert encode_reply(Status.OK, b"ab") == bytes([0x5A, 0, 2, 0x61, 0x62, crc8(b"\x00\x02ab")])
+
+
+def test_payload_too_long():
+    with pytest.raises(ValueError, match=r"^payload must be at most 255 bytes, not 256$"):
+        encode_command(Command.PING, bytes(256))
+
+
+def test_parser_round_trip_and_fragments():
+    rng = random.Random(1)
+    replies = [(Status.OK, b"DSPS\x01\x03\x01\x02"), (Status.BAD_CRC, b""),
+               (Status.OK, struct.pack("<I", 0xDEADBEEF)), (Status.BAD_FRAME_SIZE, b"")]
+    results = np.array([1, 2, 0xFFFF, 0x1234], dtype=np.uint16)
+    stream = b"\x00\x17" + b"".join(encode_reply(s, p) for s, p in replies) + \
+        encode_reply(Status.OK, struct.pack("<I", 8)) + encode_frame_result(results)
+    for trial in range(20):
+        parser = ReplyParser()
+        for command in (Command.PING, Command.PING, Command.READ_REG, Command.RUN_FRAME,
+                        Command.RUN_FRAME):
+            parser.expect(command)
+        items = []
+        position = 0
+        while position < len(stream):
+            size = rng.randint(1, 5) if trial else 1
+            items += parser.feed(stream[position:position + size])
+            position += size
+        assert items[:4] == [Reply(s, p, True) for s, p in replies]
+        assert items[4] == Reply(Status.OK, struct.pack("<I", 8), True)
+        assert items[5] == FrameResult(results.astype("<u2").tobytes(), Status.OK, True)
+        assert parser.ignored == 2
+
+
+def test_parser_flags_bad_crc_and_unknown_status():
+    packet = bytearray(encode_reply(Status.OK, b"\x01"))
+    packet[-1] ^= 1
+    items = ReplyParser().feed(bytes(packet) + encode_reply(0x42))
+    assert items == [Reply(Status.OK, b"\x01", False), Reply(0x42, b"", True)]
+    bad = bytearray(encode_frame_result([5]))
+    bad[-1] ^= 0xFF
+    parser = ReplyParser()
+    parser.expect(Command.RUN_FRAME)
+    assert parser.feed(encode_reply(Status.OK, struct.pack("<I", 2)) + bytes(bad))[1] == \
+        FrameResult(b"\x05\x00", Status.OK, False)
+
+
+# -------- host API against a model of the device ------------------------------------------------
+
+class FakeDevice:
+    """A Python model of the device behind a transport, checking the host's pixel credit."""
+
+    def __init__(self, *, channels=1, credit=8, status_override=None, silent=False):
+        self.channels = channels
+        self.credit = credit
+        self.registers = {Register.ID: DEVICE_ID, Register.WIDTH: 0, Register.HEIGHT: 0,
+                          Register.PIXEL_CREDIT: credit, Register.FRAMES: 0}
+        self.status_override = status_override
+        self.silent = silent
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+        self.frame_left = 0
+        self.frame_results = bytearray()
+        self.max_in_flight = 0
+        self.taken = self.returned = 0
+
+    def write(self, data):
+        self.incoming += data
+        self._process()
+
+    def read(self, n, timeout):
+        if not self.outgoing:
+            return b""
+        size = min(n, len(self.outgoing), 3)     # the host must cope with small pieces
+        data = bytes(self.outgoing[:size])
+        del self.outgoing[:size]
+        return data
+
+    def _process(self):
+        if self.silent:
+            self.incoming.clear()
+            return
+        while self.incoming:
+            if self.frame_left:
+                byte = self.incoming.pop(0)
+                self.taken += 1
+                self.max_in_flight = max(self.max_in_flight, self.taken - self.returned)
+                assert self.taken - self.returned <= self.credit, "host exceeded its credit"
+                result = struct.pack("<H", byte * 3 + 1)
+                self.frame_results += result
+                self.outgoing += result
+                self.returned += 1
+                self.frame_left -= 1
+                if not self.frame_left:
+                    self.outgoing += bytes([Status.OK, crc8(self.frame_results)])
+                continue
+            if len(self.incoming) < 3 or len(self.incoming) < 4 + self.incoming[2]:
+                return
+            length = self.incoming[2]
+            packet = bytes(self.incoming[:4 + length])
+            del self.incoming[:4 + length]
+            assert packet[0] == COMMAND_MAGIC and packet[-1] == crc8(packet[1:-1])
+            self._execute(packet[1], packet[3:-1])
+
+    def _execute(self, command, payload):
+        if self.status_override is not None:
+            self.outgoing += encode_reply(self.status_override)
+        elif command == Command.PING:
+            self.outgoing += encode_reply(Status.OK, DEVICE_MAGIC +
+                                          bytes([PROTOCOL_VERSION, 3, self.channels, 2]))
+        elif command == Command.WRITE_REG:
+            address, value = struct.unpack("<BI", payload)
+            self.registers[address] = value
+            self.outgoing += encode_reply(Status.OK)
+        elif command == Command.READ_REG:
+            self.outgoing += encode_reply(Status.OK, struct.pack("<I", self.registers[payload[0]]))
+        elif command == Command.RUN_FRAME:
+            count = self.registers[Register.WIDTH] * self.registers[Register.HEIGHT] * self.channels
+            self.frame_left = count
+            self.frame_results = bytearray()
+            self.taken = self.returned = 0
+            self.outgoing += encode_reply(Status.OK, struct.pack("<I", 2 * count))
+
+
+def test_host_api_registers_and_ping():
+    device = FakeDevice()
+    link = HostLink(device)
+    assert link.ping() == {"version": 1, "build_info": (3, 1, 2)}
+    link.write_register("width", 17)
+    assert link.read_register(Register.WIDTH) == 17
+    assert link.read_register("ID") == DEVICE_ID
+    with pytest.raises(ValueError, match=r"^register must be one of id, width, .* or an address, "
+                                         r"not 'nope'$"):
+        link.read_register("nope")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_host_api_run_frame_respects_credit(channels):
+    device = FakeDevice(channels=channels, credit=5)
+    link = HostLink(device)
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, size=(4, 7, channels), dtype=np.uint8)
+    results = link.run_frame(frame if channels > 1 else frame[:, :, 0])
+    np.testing.assert_equal(results, frame.astype(np.uint16) * 3 + 1)
+    assert results.dtype == np.uint16 and results.shape == (4, 7, channels)
+    assert 1 <= device.max_in_flight <= 5
+
+
+def test_host_api_error_status_names_it():
+    link = HostLink(FakeDevice(status_override=Status.BAD_REGISTER))
+    with pytest.raises(ProtocolError, match=r"^WRITE_REG: device replied BAD_REGISTER$") as info:
+        link.write_register(Register.ID, 1)
+    assert info.value.status == Status.BAD_REGISTER
+
+
+def test_host_api_timeout():
+    link = HostLink(FakeDevice(silent=True), timeout=0.01)
+    with pytest.raises(LinkTimeout, match=r"^the device sent nothing within 0.01 s$"):
+        link.ping()
+
+
+def test_host_api_wrong_channels():
+    link = HostLink(FakeDevice(channels=2))
+    with pytest.raises(ValueError, match=r"^frame must have 2 channels, not 1$"):
+        link.run_frame(np.zeros((2, 2), dtype=np.uint8))
+
+
+def test_serial_transport_unavailable():
+    pytest.importorskip("serial")
+    with pytest.raises(LinkUnavailable, match=r"^cannot open /dev/ttyDSPS-missing: no such device "
+                                              r"— is the board plugged in and flashed\?$"):
+        SerialTransport("/dev/ttyDSPS-missing", 115200)
+
+
+def test_serial_transport_without_pyserial(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "serial", None)
+    with pytest.raises(LinkUnavailable, match=r"^cannot open a serial port: pyserial is not "
+                                              r"installed \(pip install pyserial\)$"):
+        SerialTransport("/dev/ttyUSB1")
