@@ -287,6 +287,18 @@ class HostLink:
             raise ProtocolError(f"{Command(command).name}: device replied {name}", reply.status)
         return reply.payload
 
+    def drain(self, quiet=None):
+        """Recover after an error: discard what the device sends until it is quiet for ``quiet`` s.
+
+        Wait at least four device timeouts (the frame watchdog) before the
+        next command, so that a frame cut short has ended on the device too.
+        """
+        quiet = self.timeout if quiet is None else quiet
+        while self.transport.read(4096, quiet):
+            pass
+        self.parser = ReplyParser()
+        self._items.clear()
+
     def ping(self):
         """Return ``{"version", "build_info"}``; ``build_info`` is (kernel size, channels, result bytes)."""
         payload = self._command(Command.PING)

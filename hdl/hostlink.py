@@ -58,6 +58,9 @@ class HostLink(wiring.Component):
         Pixel bytes (and results) per pixel, at least 1.
     max_width, max_height : int
         Largest frame, at least 1 each.
+    min_width, min_height : int
+        Smallest frame the pipeline accepts, 1 to ``max_…``; smaller frames get
+        BAD_FRAME_SIZE instead of a pipeline that drops them (and a timeout).
     timeout_cycles : int
         Cycles of silence, at least 16, after which a command packet is
         dropped or a frame's missing pixels are replaced with zeros; results
@@ -68,8 +71,9 @@ class HostLink(wiring.Component):
     pixel_buffer : int
         Depth of the pixel FIFO in bytes, at least 2, read back as the
         PIXEL_CREDIT register. The host keeps at most this many pixel bytes
-        without their results in flight, so the pipeline's latency in pixel
-        bytes must be smaller than it.
+        without their results in flight, so it must exceed the pipeline's
+        latency in pixel bytes (bytes taken before the first result leaves)
+        at ``max_width``, or a full-width frame stalls until the watchdog.
 
     Members
     -------
@@ -82,7 +86,7 @@ class HostLink(wiring.Component):
     result : In(stream.Signature(result_layout))
         One result per pixel byte, in order; ``last`` is not used (the count is).
     width, height : Out(unsigned)
-        The WIDTH and HEIGHT registers, or 0 when out of range.
+        The WIDTH and HEIGHT registers, or 0 when above ``max_…``.
     inv_ref_var : Out(unsigned(24))
         The INV_REF_VAR register.
     pad_mode : Out(unsigned(2))
@@ -100,11 +104,13 @@ class HostLink(wiring.Component):
         On a bad parameter; the message names the value.
     """
 
-    def __init__(self, *, channels=1, max_width=640, max_height=480, timeout_cycles=600_000,
-                 build_info=(3, 1, RESULT_BYTES), pixel_buffer=256):
+    def __init__(self, *, channels=1, max_width=640, max_height=480, min_width=1, min_height=1,
+                 timeout_cycles=600_000, build_info=(3, 1, RESULT_BYTES), pixel_buffer=1024):
         self._channels = check_int("channel count", channels, minimum=1)
         self._max_width = check_int("maximum width", max_width, minimum=1)
         self._max_height = check_int("maximum height", max_height, minimum=1)
+        self._min_width = check_int("minimum width", min_width, minimum=1, maximum=max_width)
+        self._min_height = check_int("minimum height", min_height, minimum=1, maximum=max_height)
         self._timeout_cycles = check_int("timeout", timeout_cycles, minimum=16)
         self._pixel_buffer = check_int("pixel buffer depth", pixel_buffer, minimum=2)
         if not isinstance(build_info, (tuple, list)) or len(build_info) != 3 or \
@@ -132,6 +138,8 @@ class HostLink(wiring.Component):
     channels       = property(lambda self: self._channels)
     max_width      = property(lambda self: self._max_width)
     max_height     = property(lambda self: self._max_height)
+    min_width      = property(lambda self: self._min_width)
+    min_height     = property(lambda self: self._min_height)
     timeout_cycles = property(lambda self: self._timeout_cycles)
     build_info     = property(lambda self: self._build_info)
     pixel_buffer   = property(lambda self: self._pixel_buffer)
@@ -277,8 +285,8 @@ class HostLink(wiring.Component):
 
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
                                    "little")
-        size_ok = (self.width != 0) & (self.height != 0)
-        header_timeout = ~self.rx.valid & (idle_cycles >= timeout)
+        size_ok = (self.width >= self._min_width) & (self.height >= self._min_height)
+        packet_timeout = ~self.rx.valid & (idle_cycles >= timeout)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -317,7 +325,7 @@ class HostLink(wiring.Component):
                             with m.Else():
                                 m.d.comb += raised[3].eq(1)
                                 reply(Status.BAD_CRC)
-                    with m.Elif(header_timeout):
+                    with m.Elif(packet_timeout):
                         m.d.comb += raised[2].eq(1)
                         reply(Status.TIMEOUT)
 

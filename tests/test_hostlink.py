@@ -21,7 +21,7 @@ BUILD_INFO = (3, 2, 2)
 
 
 def make_dut(**overrides):
-    parameters = dict(channels=2, max_width=8, max_height=6, timeout_cycles=TIMEOUT,
+    parameters = dict(channels=2, max_width=8, max_height=6, min_width=2, timeout_cycles=TIMEOUT,
                       build_info=BUILD_INFO, pixel_buffer=16)
     parameters.update(overrides)
     return HostLink(**parameters)
@@ -158,6 +158,12 @@ PATTERNS = [("none", "none", "none"), ("fixed", "fixed", "fixed"),
             ("random", "random", "random"), ("none", "random", "fixed")]
 
 
+def test_defaults():
+    # Defaults fit a 640×480 frame, its FIFO a block RAM.
+    dut = HostLink()
+    assert (dut.pixel_buffer, dut.min_width, dut.max_width) == (1024, 1, 640)
+
+
 @pytest.mark.parametrize("rx,tx,pipe", PATTERNS)
 def test_ping(rx, tx, pipe):
     bench = Bench(make_dut(), rx=rx, tx=tx, pipe=pipe, seed=11)
@@ -264,7 +270,7 @@ def test_command_timeout():
 def test_run_frame(rx, tx, pipe):
     seed = 100 + len(rx) * 3 + len(tx) + len(pipe)
     rng = np.random.default_rng(seed)
-    frames = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((5, 7, 2), (1, 1, 2))]
+    frames = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((5, 7, 2), (1, 2, 2))]
     bench = Bench(make_dut(), rx=rx, tx=tx, pipe=pipe, seed=seed)
 
     async def script(ctx, bench):
@@ -291,14 +297,15 @@ def test_run_frame_bad_size():
     bench = Bench(make_dut(), seed=4)
 
     async def script(ctx, bench):
-        for width, height in ((0, 3), (3, 0), (9, 2), (2, 7), (1 << 16 | 3, 2)):
+        for width, height in ((0, 3), (3, 0), (9, 2), (2, 7), (1 << 16 | 3, 2), (1, 2)):
             await bench.write(ctx, Register.WIDTH, width)
             await bench.write(ctx, Register.HEIGHT, height)
             assert await bench.command(ctx, encode_run_frame()) == \
                 Reply(Status.BAD_FRAME_SIZE, b"", True)
         assert bench.pixels == []
-        results, trailer = await bench.run_frame(ctx, np.full((6, 8, 2), 7, dtype=np.uint8))
-        assert trailer.status == Status.OK and (results == 22).all()
+        for shape in ((6, 8, 2), (1, 2, 2)):
+            results, trailer = await bench.run_frame(ctx, np.full(shape, 7, dtype=np.uint8))
+            assert trailer.status == Status.OK and (results == 22).all()
 
     bench.run(script)
 
@@ -350,6 +357,10 @@ def test_parameter_errors():
         make_dut(max_width=0)
     with pytest.raises(TypeError, match=r"^maximum height must be an integer >= 1, not 2\.5$"):
         make_dut(max_height=2.5)
+    with pytest.raises(ValueError, match=r"^minimum width must be an integer in \[1, 8\], not 9$"):
+        make_dut(min_width=9)
+    with pytest.raises(ValueError, match=r"^minimum height must be an integer in \[1, 6\], not 0$"):
+        make_dut(min_height=0)
     with pytest.raises(ValueError, match=r"^timeout must be an integer >= 16, not 15$"):
         make_dut(timeout_cycles=15)
     with pytest.raises(ValueError, match=r"^pixel buffer depth must be an integer >= 2, not 1$"):

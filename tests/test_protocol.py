@@ -209,3 +209,12 @@ def test_serial_transport_without_pyserial(monkeypatch):
     with pytest.raises(LinkUnavailable, match=r"^cannot open a serial port: pyserial is not "
                                               r"installed \(pip install pyserial\)$"):
         SerialTransport("/dev/ttyUSB1")
+
+
+def test_host_api_drain_recovers():
+    device = FakeDevice()
+    link = HostLink(device, timeout=0.01)
+    device.outgoing += b"\x00garbage" + encode_reply(Status.OK)
+    link.drain()
+    assert not device.outgoing
+    assert link.ping()["version"] == 1
