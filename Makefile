@@ -6,7 +6,9 @@ BLOCK     ?=
 SIM       ?= icarus
 ARGS      ?=
 
-.PHONY: install test verilog sim demo list clean
+.PHONY: install test verilog sim demo bitstream flash report run list clean
+BOARD     ?= icebreaker
+PORT      ?= /dev/ttyUSB1
 
 install:
 	python3 -m venv $(VENV)
@@ -25,6 +27,18 @@ sim:
 
 demo:
 	$(DYNSPARSE) demo $(ARGS)
+
+bitstream:
+	$(DYNSPARSE) bitstream --board $(BOARD) $(ARGS)
+
+flash:
+	$(DYNSPARSE) flash --board $(BOARD) $(ARGS)
+
+report:
+	$(DYNSPARSE) report $(ARGS)
+
+run:
+	$(DYNSPARSE) run --port $(PORT) $(IMAGE) $(ARGS)
 
 list:
 	$(DYNSPARSE) list

