@@ -219,7 +219,8 @@ class HostLink(wiring.Component):
         filling      = Signal()                       # the rest of the frame is zeros
         aborting     = Signal()                       # the rest of the results are zeros
         timed_out    = Signal()
-        in_frame     = Signal()                       # the FSM is in FRAME: rx carries pixels
+        in_frame     = Signal()                       # from RUN_FRAME's execution to its trailer,
+                                                      # rx carries pixels (even during the header)
 
         with m.If(pixels_in != frame_pixels):
             with m.If(filling):
@@ -373,6 +374,7 @@ class HostLink(wiring.Component):
                         with m.Else():
                             reply(Status.OK, 4, total * RESULT_BYTES, frame=True)
                             m.d.sync += [
+                                in_frame.eq(1),
                                 frame_pixels.eq(total), pixels_in.eq(0), pixels_out.eq(0),
                                 results_in.eq(0), filling.eq(0), aborting.eq(0),
                                 timed_out.eq(0),
@@ -411,7 +413,6 @@ class HostLink(wiring.Component):
 
             # ---- RUN_FRAME: pixels in, results out (LSB first), then the trailer ----
             with m.State("FRAME"):
-                m.d.comb += in_frame.eq(1)
                 result_word = Signal(16)
                 result_full = Signal()
                 result_high = Signal()
@@ -444,6 +445,7 @@ class HostLink(wiring.Component):
                         with m.If(result_high):
                             m.d.sync += result_full.eq(0)
                 with m.Elif(results_in == frame_pixels):
+                    m.d.sync += in_frame.eq(0)
                     m.next = "TRAILER_STATUS"
             with m.State("TRAILER_STATUS"):
                 with m.If(counting):                          # the frame was cut short

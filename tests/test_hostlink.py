@@ -6,12 +6,15 @@ import struct
 import numpy as np
 import pytest
 from amaranth.back import verilog
+from amaranth.hdl import Cat, Elaboratable, Module
+from amaranth.lib.wiring import connect
 
 from dynsparse.boards.protocol import (
     DEVICE_ID, Command, FrameResult, Register, Reply, ReplyParser, Status, crc8, encode_command,
     encode_ping, encode_read_register, encode_run_frame, encode_write_register,
 )
 from dynsparse.hdl.hostlink import HostLink
+from dynsparse.hdl.uart import UARTReceiver, UARTTransmitter
 from dynsparse.sim.pysim import run_simulation
 from dynsparse.sim.stalls import stall_pattern
 
@@ -39,8 +42,11 @@ class Bench:
     """
 
     def __init__(self, dut, *, rx="none", tx="none", pipe="none", seed=0, latency=4,
-                 drop_results=None):
+                 drop_results=None, link=None, host_tx=None, host_rx=None):
         self.dut = dut
+        self.link = dut if link is None else link          # the HostLink inside ``dut``
+        self.host_tx = dut.rx if host_tx is None else host_tx
+        self.host_rx = dut.tx if host_rx is None else host_rx
         self.patterns = {"rx": rx, "tx": tx, "pipe": pipe}
         self.seed = seed
         self.latency = latency
@@ -58,12 +64,12 @@ class Bench:
         allow = stall_pattern(self.patterns["rx"], seed=self.seed + len(self.tx_bytes))
         for value in data:
             while not next(allow):
-                ctx.set(self.dut.rx.valid, 0)
+                ctx.set(self.host_tx.valid, 0)
                 await ctx.tick()
-            ctx.set(self.dut.rx.valid, 1)
-            ctx.set(self.dut.rx.payload, value)
-            await ctx.tick().until(self.dut.rx.ready)
-        ctx.set(self.dut.rx.valid, 0)
+            ctx.set(self.host_tx.valid, 1)
+            ctx.set(self.host_tx.payload, value)
+            await ctx.tick().until(self.host_tx.ready)
+        ctx.set(self.host_tx.valid, 0)
 
     async def command(self, ctx, packet):
         """Send a packet, wait for its reply and return it."""
@@ -104,9 +110,9 @@ class Bench:
         allow = stall_pattern(self.patterns["tx"], seed=self.seed + 1)
         while True:
             ready = next(allow)
-            ctx.set(self.dut.tx.ready, ready)
+            ctx.set(self.host_rx.ready, ready)
             _, _, valid, payload, clear = await ctx.tick().sample(
-                self.dut.tx.valid, self.dut.tx.payload, self.dut.clear_errors)
+                self.host_rx.valid, self.host_rx.payload, self.link.clear_errors)
             self.log["clear_pulses"] += clear
             if ready and valid:
                 self.tx_bytes.append(payload)
@@ -120,15 +126,15 @@ class Bench:
         offering = None
         while True:
             ready = next(ready_pattern)
-            ctx.set(self.dut.pixel.ready, ready)
+            ctx.set(self.link.pixel.ready, ready)
             if offering is None and queue and queue[0][0] <= cycle and next(valid_pattern) and \
                     (self.drop_results is None or produced < self.drop_results):
                 offering = queue.popleft()
-            ctx.set(self.dut.result.valid, offering is not None)
+            ctx.set(self.link.result.valid, offering is not None)
             if offering is not None:
-                ctx.set(self.dut.result.payload, {"data": offering[1], "last": offering[2]})
+                ctx.set(self.link.result.payload, {"data": offering[1], "last": offering[2]})
             _, _, p_valid, p_payload, r_ready = await ctx.tick().sample(
-                self.dut.pixel.valid, self.dut.pixel.payload, self.dut.result.ready)
+                self.link.pixel.valid, self.link.pixel.payload, self.link.result.ready)
             if ready and p_valid:
                 data, first, last = p_payload.data, p_payload.first, p_payload.last
                 self.pixels.append((data, first, last))
@@ -348,6 +354,47 @@ def test_results_stop():
         assert (await bench.command(ctx, encode_ping())).status == Status.OK
 
     bench.run(script)
+
+
+class OverUART(Elaboratable):
+    """HostLink behind its UARTs, and the host's UARTs on the other end of the two lines."""
+
+    def __init__(self, divisor):
+        self.link = make_dut()
+        self.device_rx = UARTReceiver(divisor=divisor)
+        self.device_tx = UARTTransmitter(divisor=divisor)
+        self.host_tx = UARTTransmitter(divisor=divisor)
+        self.host_rx = UARTReceiver(divisor=divisor)
+
+    def elaborate(self, platform):
+        m = Module()
+        for name in ("link", "device_rx", "device_tx", "host_tx", "host_rx"):
+            m.submodules[name] = getattr(self, name)
+        connect(m, self.device_rx.o_stream, self.link.rx)
+        connect(m, self.link.tx, self.device_tx.i_stream)
+        m.d.comb += [
+            self.device_rx.rx.eq(self.host_tx.tx),
+            self.host_rx.rx.eq(self.device_tx.tx),
+            self.link.uart_errors.eq(Cat(self.device_rx.error, self.device_rx.overrun)),
+        ]
+        return m
+
+
+def test_over_uart():
+    dut = OverUART(divisor=4)
+    frame = np.arange(16, dtype=np.uint8).reshape(2, 4, 2) * 13     # fits the 16-byte credit
+    bench = Bench(dut, link=dut.link, host_tx=dut.host_tx.i_stream,
+                  host_rx=dut.host_rx.o_stream, pipe="random", seed=8)
+
+    async def script(ctx, bench):
+        reply = await bench.command(ctx, encode_ping())
+        assert reply == Reply(Status.OK, b"DSPS\x01" + bytes(BUILD_INFO), True)
+        results, trailer = await bench.run_frame(ctx, frame)
+        assert trailer.status == Status.OK and trailer.crc_ok
+        np.testing.assert_equal(results, model_result(frame.astype(np.int64)))
+        assert await bench.read(ctx, Register.ERRORS) == 0
+
+    bench.run(script, deadline=40_000)
 
 
 def test_parameter_errors():
