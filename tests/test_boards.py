@@ -1,0 +1,70 @@
+"""Board flow: the report harness on the open toolchain, bitstream and flash errors, `dynsparse run` errors."""
+
+import re
+
+import pytest
+
+from dynsparse.boards.build import BOARDS, BuildFailed, flash_bitstream
+from dynsparse.boards.harness import SerialHarness, port_bits
+from dynsparse.boards.report import FAMILIES, measure_block
+from dynsparse.boards.top import DensityBoard
+from dynsparse.cli import main
+from dynsparse.hdl.uart import UARTTransmitter
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_report_measures_a_block(family, tmp_path):
+    """Synthesis, harness, place and route and the report parsing, on a small block."""
+    result = measure_block("uart_tx", lambda: UARTTransmitter(divisor=104), family, tmp_path, log=lambda _: None)
+    assert "error" not in result, result
+    assert result["cells"]["LUT4"] > 5 and result["cells"]["FF"] > 5
+    assert result["fmax_mhz"] > result["target_mhz"]
+    assert result["meets_target"]
+    assert result["port_bits"] == [9, 2] and result["harness_ff"] == 2 * 9 + 2
+
+
+def test_harness_port_count():
+    block = UARTTransmitter(divisor=16)
+    inputs, outputs = port_bits(block)
+    assert inputs == 8 + 1          # payload, valid (ready is an output)
+    assert outputs == 1 + 1         # ready, tx
+    SerialHarness(block)
+
+
+def test_board_parameter_errors():
+    with pytest.raises(ValueError, match=r"^baud rate must be at most clock frequency / 4 = 250000, not 500000$"):
+        DensityBoard(clk_freq=1_000_000, baud=500_000)
+    with pytest.raises(ValueError, match=r"more than 2 % away"):
+        DensityBoard(clk_freq=1_000_000, baud=115_200)
+    with pytest.raises(TypeError, match=r"^clock frequency must be an integer >= 1, not 12\.0$"):
+        DensityBoard(clk_freq=12.0)
+
+
+def test_flash_without_bitstream_is_a_clear_error(tmp_path):
+    with pytest.raises(BuildFailed, match=r"no bitstream at .*: run `make bitstream BOARD=icebreaker` first"):
+        flash_bitstream("icebreaker", build_root=tmp_path)
+
+
+def test_unknown_board(capsys):
+    with pytest.raises(SystemExit):
+        main(["bitstream", "--board", "nope"])
+    assert re.search(r"unknown board 'nope'; boards are: icebreaker, ulx3s-85f", capsys.readouterr().err)
+    assert set(BOARDS) >= {"icebreaker", "ulx3s-85f", "ulx3s-25f"}
+
+
+def test_run_without_a_board(tmp_path, capsys):
+    import numpy as np
+    image = tmp_path / "image.npy"
+    np.save(image, np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(image), "--port", str(tmp_path / "ttyUSB7")])
+    assert exit_info.value.code == 2
+    assert "is the board plugged in and flashed?" in capsys.readouterr().err
+
+
+def test_run_rejects_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(SystemExit):
+        main(["run", str(bad)])
+    assert re.search(r"bad\.png: cannot read the image", capsys.readouterr().err)
