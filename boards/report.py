@@ -126,6 +126,36 @@ def _markdown(results):
     return "\n".join(lines)
 
 
+_REPORT_HEADER = """# Utilisation and timing
+
+Written by `make report` (`dynsparse report`); the same figures are in
+`docs/report.json`. Every block with its default parameters (`make list`).
+
+## Method
+
+1. **Cells**: the block alone, synthesised by Yosys (`synth_ice40 -dsp` for
+   iCE40, `synth_ecp5` for ECP5): 4-input LUTs, carry cells, flip-flops, DSPs
+   (`SB_MAC16` / `MULT18X18D`) and block RAMs (`SB_RAM40_4K` / `DP16KD`).
+2. **Fmax**: the block inside a measurement harness (`boards/harness.py`):
+   every input port is driven from a flip-flop loaded from a serial shift
+   register, every output port is captured into a shift register read out
+   serially, so the design has three pins and nothing can be optimised away.
+   The harness adds only flip-flops (the *harness FF* column) and no logic in
+   the block's paths, so the critical path nextpnr reports is the block's own.
+   nextpnr (`--up5k --package sg48`, `--25k --package CABGA381`, seed 1) places
+   and routes it against the target clock and reports the Fmax.
+3. Targets: 42 MHz on iCE40UP5K, 125 MHz on ECP5-25F. A block that misses
+   one is marked with how much it misses by. nextpnr-ice40 does not time
+   `SB_MAC16` paths, so every block registers its DSP inputs and outputs.
+
+"""
+
+_REPORT_FOOTER = """
+Commands: `make report` (all blocks, both families, a few minutes);
+`make report ARGS="--block density --family ice40-up5k"` for one.
+"""
+
+
 def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Path("docs"), log=print):
     """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown."""
     families = families or list(FAMILIES)
@@ -141,6 +171,6 @@ def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Pa
     table = _markdown(results)
     if docs is not None:
         (Path(docs) / "report.json").write_text(json.dumps(results, indent=2))
-        (Path(docs) / "report_table.md").write_text(table)
+        (Path(docs) / "report.md").write_text(_REPORT_HEADER + table + _REPORT_FOOTER)
     log(table)
     return results

