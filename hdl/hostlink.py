@@ -299,8 +299,8 @@ class HostLink(wiring.Component):
                     with m.Else():
                         m.d.comb += count_ignored.eq(1)
 
-            for state, next_state in (("COMMAND", "LENGTH"), ("LENGTH", "PAYLOAD"),
-                                      ("PAYLOAD", "CHECK"), ("CHECK", None)):
+            # The four states inside a packet share the CRC and the packet timeout.
+            for state in ("COMMAND", "LENGTH", "PAYLOAD", "CHECK"):
                 with m.State(state):
                     m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]
                     with m.If(rx_got):
