@@ -117,10 +117,11 @@ class BoardTop(Elaboratable):
         m.submodules.board = board = DensityBoard(clk_freq=clk_freq, baud=self._baud, **self._board_params)
         uart = platform.request("uart", 0)
         m.d.comb += [board.uart_rx.eq(uart.rx.i), uart.tx.o.eq(board.uart_tx)]
-        try:
-            led = platform.request("led", 0)
-        except Exception:       # a board without LEDs
-            led = None
-        if led is not None:
-            m.d.comb += led.o.eq(board.busy)
+        resources = {name for name, _ in platform.resources}
+        if "led" in resources:
+            m.d.comb += platform.request("led", 0).o.eq(board.busy)
+        if "esp32" in resources:
+            # ULX3S: the ESP32's GPIO0 held high keeps it from resetting the board into its loader.
+            esp32 = platform.request("esp32", 0, dir={"gpio0": "o"})
+            m.d.comb += [esp32.gpio0.o.eq(1), esp32.en.o.eq(1)]
         return m
