@@ -48,9 +48,9 @@ class UARTReceiver(wiring.Component):
 
     Timing
     ------
-    A byte is offered ``9 · divisor + divisor // 2 + 3`` cycles after the
-    falling edge of its start bit reaches ``rx`` (two synchroniser cycles, the
-    middle of the stop bit, one output register).
+    ``o_stream.valid`` rises ``9 · divisor + divisor // 2 + 3`` clock edges
+    after the falling edge of the start bit reaches ``rx`` (two synchroniser
+    flops, the middle of the stop bit, the output register).
     """
 
     def __init__(self, *, divisor):

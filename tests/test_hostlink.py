@@ -1,19 +1,21 @@
 """HostLink in amaranth.sim, driven and checked with the host-side protocol code."""
 
 import collections
+import random
 import struct
 
 import numpy as np
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Cat, Elaboratable, Module
+from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.sim import Simulator
 from amaranth.lib.wiring import connect
 
 from dynsparse.boards.protocol import (
     DEVICE_ID, Command, FrameResult, Register, Reply, ReplyParser, Status, crc8, encode_command,
     encode_ping, encode_read_register, encode_run_frame, encode_write_register,
 )
-from dynsparse.hdl.hostlink import HostLink
+from dynsparse.hdl.hostlink import HostLink, crc8_next
 from dynsparse.hdl.uart import UARTReceiver, UARTTransmitter
 from dynsparse.sim.pysim import run_simulation
 from dynsparse.sim.stalls import stall_pattern
@@ -395,6 +397,26 @@ def test_over_uart():
         assert await bench.read(ctx, Register.ERRORS) == 0
 
     bench.run(script, deadline=40_000)
+
+
+def test_crc8_logic_matches_host():
+    crc, byte = Signal(8), Signal(8)
+    out = Signal(8)
+    m = Module()
+    m.d.comb += out.eq(crc8_next(crc, byte))
+    rng = random.Random(0)
+    cases = [(c, b) for c in (0, 0x80, 0xFF) for b in range(256)] + \
+        [(rng.randrange(256), rng.randrange(256)) for _ in range(200)]
+
+    async def bench(ctx):
+        for c, b in cases:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == crc8(bytes([b]), c), (c, b)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
 
 
 def test_parameter_errors():

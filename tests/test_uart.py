@@ -180,3 +180,26 @@ def test_divisor_errors(block):
 def test_verilog():
     assert "module uart_rx" in verilog.convert(UARTReceiver(divisor=104), name="uart_rx")
     assert "module uart_tx" in verilog.convert(UARTTransmitter(divisor=104), name="uart_tx")
+
+
+@pytest.mark.parametrize("divisor", [4, 5, 104])
+def test_rx_latency(divisor):
+    dut = UARTReceiver(divisor=divisor)
+    seen = []
+
+    async def line(ctx):
+        await ctx.tick().repeat(3)
+        await drive_frame(ctx, dut, divisor, 0x5E)    # its falling edge is set before cycle 0
+        await ctx.tick().repeat(2 * divisor)
+
+    async def sink(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        await ctx.tick().repeat(3)
+        edges = 0       # clock edges since the falling edge reached rx
+        async for _, _, valid, payload in ctx.tick().sample(dut.o_stream.valid, dut.o_stream.payload):
+            if valid:
+                seen.append((edges, payload))
+            edges += 1
+
+    run_simulation(dut, [line], processes=[sink], deadline_cycles=20 * divisor + 100)
+    assert seen == [(9 * divisor + divisor // 2 + 3, 0x5E)]
