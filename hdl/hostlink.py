@@ -284,6 +284,13 @@ class HostLink(wiring.Component):
                 with m.Case(register):
                     m.d.comb += [read_value.eq(source), read_ok.eq(1)]
 
+        area = Signal(range(self._max_width * self._max_height + 1))
+        multiplicand = Signal.like(area)
+        multiplier = Signal.like(self.height)
+        channel_terms = [area << i for i in range(self._channels.bit_length())
+                         if self._channels >> i & 1]
+        total = sum(channel_terms[1:], channel_terms[0])      # area · channels, without a multiplier
+
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
                                    "little")
         size_ok = (self.width >= self._min_width) & (self.height >= self._min_height)
@@ -363,7 +370,6 @@ class HostLink(wiring.Component):
                         with m.Else():
                             reply(Status.BAD_REGISTER)
                     with m.Case(Command.RUN_FRAME):
-                        total = self.width * self.height * self._channels
                         with m.If(length != 0):
                             reply(Status.BAD_LENGTH)
                         with m.Elif(~size_ok):
@@ -372,15 +378,26 @@ class HostLink(wiring.Component):
                             # The previous frame's pixels are still not taken: the pipeline hangs.
                             reply(Status.TIMEOUT)
                         with m.Else():
-                            reply(Status.OK, 4, total * RESULT_BYTES, frame=True)
-                            m.d.sync += [
-                                in_frame.eq(1),
-                                frame_pixels.eq(total), pixels_in.eq(0), pixels_out.eq(0),
-                                results_in.eq(0), filling.eq(0), aborting.eq(0),
-                                timed_out.eq(0),
-                            ]
+                            m.d.sync += [area.eq(0), multiplicand.eq(self.width),
+                                         multiplier.eq(self.height)]
+                            m.next = "FRAME_SIZE"
                     with m.Default():
                         reply(Status.UNKNOWN_COMMAND)
+
+            # width · height by shift and add, one bit of the height per cycle: a multiplier
+            # here would take a DSP block from the pipeline.
+            with m.State("FRAME_SIZE"):
+                with m.If(multiplier == 0):
+                    reply(Status.OK, 4, Cat(C(0, 1), total), frame=True)   # 2 bytes per result
+                    m.d.sync += [
+                        in_frame.eq(1),
+                        frame_pixels.eq(total), pixels_in.eq(0), pixels_out.eq(0),
+                        results_in.eq(0), filling.eq(0), aborting.eq(0), timed_out.eq(0),
+                    ]
+                with m.Else():
+                    with m.If(multiplier[0]):
+                        m.d.sync += area.eq(area + multiplicand)
+                    m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1)]
 
             # ---- reply packet: magic, status, length, payload, CRC ----
             with m.State("REPLY_MAGIC"):

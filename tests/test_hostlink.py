@@ -301,6 +301,19 @@ def test_run_frame(rx, tx, pipe):
     bench.run(script)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_run_frame_channels(channels):
+    frame = np.random.default_rng(channels).integers(0, 256, size=(6, 7, channels), dtype=np.uint8)
+    bench = Bench(make_dut(channels=channels, build_info=(3, channels, 2)), pipe="random", seed=6)
+
+    async def script(ctx, bench):
+        results, trailer = await bench.run_frame(ctx, frame)
+        assert trailer.status == Status.OK and trailer.crc_ok
+        np.testing.assert_equal(results, model_result(frame.astype(np.int64)))
+
+    bench.run(script)
+
+
 def test_run_frame_bad_size():
     bench = Bench(make_dut(), seed=4)
 
