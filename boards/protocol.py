@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "COMMAND_MAGIC", "REPLY_MAGIC", "DEVICE_MAGIC", "PROTOCOL_VERSION", "DEVICE_ID",
-    "RESULT_BYTES", "Command", "Status", "Register",
+    "RESULT_BYTES", "ERROR_BITS", "Command", "Status", "Register",
     "crc8", "encode_command", "encode_ping", "encode_write_register", "encode_read_register",
     "encode_run_frame", "encode_reply", "encode_frame_result",
     "Reply", "FrameResult", "ReplyParser",
@@ -421,3 +421,9 @@ class SerialTransport:
 
     def close(self):
         self.port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
