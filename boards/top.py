@@ -47,7 +47,7 @@ class DensityBoard(wiring.Component):
     """
 
     def __init__(self, *, clk_freq, baud=115200, kernel_size=3, max_width=256, max_height=256,
-                 watchdog_ms=50):
+                 watchdog_ms=100):
         self._clk_freq = check_int("clock frequency", clk_freq, minimum=1)
         self._baud = check_int("baud rate", baud, minimum=1)
         divisor = round(clk_freq / baud)
@@ -60,6 +60,8 @@ class DensityBoard(wiring.Component):
         self.pipeline = DensityPipeline(kernel_size=kernel_size, channels=1,
                                         max_width=max_width, max_height=max_height)
         self.link = HostLink(channels=1, max_width=max_width, max_height=max_height,
+                             min_width=self.pipeline.min_width,
+                             min_height=kernel_size // 2 + 1,
                              timeout_cycles=max(16, clk_freq * watchdog_ms // 1000),
                              build_info=(kernel_size, 1, RESULT_BYTES))
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "busy": Out(1)})

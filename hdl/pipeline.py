@@ -62,6 +62,7 @@ class DensityPipeline(wiring.Component):
     channels    = property(lambda self: self._window.channels)
     max_width   = property(lambda self: self._window.max_width)
     max_height  = property(lambda self: self._window.max_height)
+    min_width   = property(lambda self: self._window.min_width)
 
     def pixel_delay(self, width):
         """Cycles from accepting pixel ``n`` to offering its density, with no stalls."""

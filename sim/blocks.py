@@ -111,7 +111,7 @@ BLOCKS = {block.name: block for block in [
             "kernel_size": (3, "density neighbourhood K (odd)"),
             "max_width":   (256, "largest frame width"),
             "max_height":  (256, "largest frame height"),
-            "watchdog_ms": (50, "host link watchdog in milliseconds"),
+            "watchdog_ms": (100, "host link watchdog in milliseconds"),
         },
         testbench="dynsparse.sim.tb.tb_board",
         test_variants={

@@ -6,6 +6,7 @@ pattern from :mod:`.stalls`. Both are ``async`` testbench helpers for
 ``Simulator.add_testbench``.
 """
 
+from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from .stalls import stall_pattern
@@ -24,7 +25,7 @@ async def stream_send(ctx, stream, payloads, *, pattern="none", seed=0):
             await ctx.tick()
         ctx.set(stream.valid, 1)
         if isinstance(payload, int):
-            ctx.set(stream.payload.as_value(), payload)
+            ctx.set(Value.cast(stream.payload), payload)
         else:
             ctx.set(stream.payload, payload)
         await ctx.tick().until(stream.ready)
@@ -38,7 +39,7 @@ async def stream_receive(ctx, stream, count, *, pattern="none", seed=0, raw=Fals
     :class:`~amaranth.lib.data.Const` view for struct layouts), or with
     ``raw`` its flat integer, for :func:`.packing.unpack`.
     """
-    payload_value = stream.payload.as_value() if raw else stream.payload
+    payload_value = Value.cast(stream.payload) if raw else stream.payload
     allow = stall_pattern(pattern, seed=seed)
     received = []
     while len(received) < count:
