@@ -72,7 +72,7 @@ def measure_block(name, component_factory, family, build_dir, *, log=print):
     (build_dir / "harness.v").write_text(verilog.convert(
         harness, name="harness", ports=[harness.si, harness.load, harness.so], emit_src=False))
     result = {"block": name, "family": family, "target_mhz": spec["target_mhz"],
-              "harness_ff": 2 * inputs + outputs, "port_bits": [inputs, outputs]}
+              "harness_ff": 2 * inputs + 2 * outputs, "port_bits": [inputs, outputs]}
     try:
         run_tool("yosys", ["-q", "-p", f"read_verilog block.v; {spec['synth']} -top block; tee -q -o block.stat stat"],
                  cwd=build_dir, log="yosys_block.log")

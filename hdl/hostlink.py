@@ -164,21 +164,30 @@ class HostLink(wiring.Component):
         count_ignored = Signal()
         count_bad     = Signal()
 
-        m.d.comb += [
+        # The size ports are registered (one cycle after a write): they feed the pipeline's
+        # control logic, and a 32-bit range check in front of it would be the critical path.
+        m.d.sync += [
             self.width.eq(Mux((width_reg >= 1) & (width_reg <= self._max_width), width_reg, 0)),
             self.height.eq(Mux((height_reg >= 1) & (height_reg <= self._max_height), height_reg, 0)),
+        ]
+        m.d.comb += [
             self.inv_ref_var.eq(inv_ref_var),
             self.pad_mode.eq(pad_mode),
             self.clear_errors.eq(clear),
             raised[0:2].eq(self.uart_errors),
         ]
-        # A flag raised or a count made in the cycle of a clear survives it.
+        # Counts are registered before they are added (the decision to count comes out of the
+        # command FSM, the add is a 32-bit carry chain). A flag raised or a count made in the
+        # cycle of a clear survives it.
+        counted_ignored = Signal()
+        counted_bad = Signal()
+        m.d.sync += [counted_ignored.eq(count_ignored), counted_bad.eq(count_bad)]
         with m.If(clear):
-            m.d.sync += [link_errors.eq(raised), ignored.eq(count_ignored),
-                         bad_commands.eq(count_bad)]
+            m.d.sync += [link_errors.eq(raised), ignored.eq(counted_ignored),
+                         bad_commands.eq(counted_bad)]
         with m.Else():
-            m.d.sync += [link_errors.eq(link_errors | raised), ignored.eq(ignored + count_ignored),
-                         bad_commands.eq(bad_commands + count_bad)]
+            m.d.sync += [link_errors.eq(link_errors | raised), ignored.eq(ignored + counted_ignored),
+                         bad_commands.eq(bad_commands + counted_bad)]
         errors_value = Cat(self.pipeline_errors, C(0, 3), link_errors)
 
         # -------- tx: one output register; the CRC follows the bytes loaded into it ------------
@@ -213,6 +222,12 @@ class HostLink(wiring.Component):
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
         frame_pixels = Signal(range(max_pixels + 1))
+        last_pixel   = Signal.like(frame_pixels)     # frame_pixels - 1
+        # "pixels_in != frame_pixels" and the like, kept as flags: wide comparisons in the
+        # handshake paths would be the critical path.
+        writing      = Signal()                       # pixels still to enter the FIFO
+        taking       = Signal()                       # pixels still to leave it for the pipeline
+        awaiting     = Signal()                       # results still to come
         pixels_in    = Signal.like(frame_pixels)     # bytes written into the FIFO
         pixels_out   = Signal.like(frame_pixels)     # bytes taken by the pipeline
         results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
@@ -222,7 +237,7 @@ class HostLink(wiring.Component):
         in_frame     = Signal()                       # from RUN_FRAME's execution to its trailer,
                                                       # rx carries pixels (even during the header)
 
-        with m.If(pixels_in != frame_pixels):
+        with m.If(writing):
             with m.If(filling):
                 m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(0)]
             with m.Elif(in_frame):
@@ -230,12 +245,14 @@ class HostLink(wiring.Component):
                              fifo.w_data.eq(self.rx.payload)]
         with m.If(fifo.w_en & fifo.w_rdy):
             m.d.sync += pixels_in.eq(pixels_in + 1)
+            with m.If(pixels_in == last_pixel):
+                m.d.sync += writing.eq(0)
 
         m.d.comb += [
             self.pixel.valid.eq(fifo.r_rdy),
             self.pixel.payload.data.eq(fifo.r_data),
             self.pixel.payload.first.eq(pixels_out == 0),
-            self.pixel.payload.last.eq(pixels_out == frame_pixels - 1),
+            self.pixel.payload.last.eq(pixels_out == last_pixel),
             fifo.r_en.eq(self.pixel.ready),
         ]
         counting = Signal()
@@ -244,12 +261,17 @@ class HostLink(wiring.Component):
             m.d.sync += cycle_count.eq(cycle_count + 1)
         with m.If(self.pixel.valid & self.pixel.ready):
             m.d.sync += pixels_out.eq(pixels_out + 1)
+            with m.If(pixels_out == last_pixel):
+                m.d.sync += taking.eq(0)
             with m.If(pixels_out == 0):
                 m.d.sync += [counting.eq(1), cycle_count.eq(1)]
 
         # -------- command packets ----------------------------------------------------------------
         rx_byte = self.rx.payload
-        rx_got = self.rx.valid & self.rx.ready
+        # In the packet states `rx.ready` is 1 (the FSM's assignment overrides the pixel path's),
+        # so a byte is taken whenever one is offered; saying so keeps the FIFO's full flag out
+        # of the packet logic's timing paths.
+        rx_got = self.rx.valid
         rx_crc = Signal(8)
         command = Signal(8)
         length = Signal(8)
@@ -283,6 +305,10 @@ class HostLink(wiring.Component):
                     (Register.PIXEL_CREDIT, self._pixel_buffer)):
                 with m.Case(register):
                     m.d.comb += [read_value.eq(source), read_ok.eq(1)]
+        # Registered: the address is complete a whole byte time before EXECUTE uses it.
+        read_value_q = Signal(32)
+        read_ok_q = Signal()
+        m.d.sync += [read_value_q.eq(read_value), read_ok_q.eq(read_ok)]
 
         area = Signal(range(self._max_width * self._max_height + 1))
         multiplicand = Signal.like(area)
@@ -365,8 +391,8 @@ class HostLink(wiring.Component):
                     with m.Case(Command.READ_REG):
                         with m.If(length != 1):
                             reply(Status.BAD_LENGTH)
-                        with m.Elif(read_ok):
-                            reply(Status.OK, 4, read_value)
+                        with m.Elif(read_ok_q):
+                            reply(Status.OK, 4, read_value_q)
                         with m.Else():
                             reply(Status.BAD_REGISTER)
                     with m.Case(Command.RUN_FRAME):
@@ -374,7 +400,7 @@ class HostLink(wiring.Component):
                             reply(Status.BAD_LENGTH)
                         with m.Elif(~size_ok):
                             reply(Status.BAD_FRAME_SIZE)
-                        with m.Elif(pixels_out != frame_pixels):
+                        with m.Elif(taking):
                             # The previous frame's pixels are still not taken: the pipeline hangs.
                             reply(Status.TIMEOUT)
                         with m.Else():
@@ -391,8 +417,10 @@ class HostLink(wiring.Component):
                     reply(Status.OK, 4, Cat(C(0, 1), total), frame=True)   # 2 bytes per result
                     m.d.sync += [
                         in_frame.eq(1),
-                        frame_pixels.eq(total), pixels_in.eq(0), pixels_out.eq(0),
-                        results_in.eq(0), filling.eq(0), aborting.eq(0), timed_out.eq(0),
+                        frame_pixels.eq(total), last_pixel.eq(total - 1),
+                        pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
+                        writing.eq(1), taking.eq(1), awaiting.eq(1),
+                        filling.eq(0), aborting.eq(0), timed_out.eq(0),
                     ]
                 with m.Else():
                     with m.If(multiplier[0]):
@@ -433,7 +461,7 @@ class HostLink(wiring.Component):
                 result_word = Signal(16)
                 result_full = Signal()
                 result_high = Signal()
-                waiting_host = (pixels_in != frame_pixels) & ~filling & fifo.w_rdy
+                waiting_host = writing & ~filling & fifo.w_rdy
                 with m.If(waiting_host & (idle_cycles >= timeout)):
                     m.d.sync += [filling.eq(1), timed_out.eq(1)]
                     m.d.comb += raised[4].eq(1)
@@ -443,17 +471,19 @@ class HostLink(wiring.Component):
 
                 with m.If(aborting):
                     m.d.comb += self.result.ready.eq(1)       # late results are discarded
-                with m.If(~result_full & (results_in != frame_pixels)):
+                with m.If(~result_full & awaiting):
                     with m.If(aborting):
                         m.d.sync += [result_word.eq(0), result_full.eq(1),
                                      results_in.eq(results_in + 1)]
+                        with m.If(results_in == last_pixel):
+                            m.d.sync += awaiting.eq(0)
                     with m.Else():
                         m.d.comb += self.result.ready.eq(1)
                         with m.If(self.result.valid):
                             m.d.sync += [result_word.eq(self.result.payload.data),
                                          result_full.eq(1), results_in.eq(results_in + 1)]
-                            with m.If(results_in == frame_pixels - 1):
-                                m.d.sync += [cycles.eq(cycle_count), counting.eq(0)]
+                            with m.If(results_in == last_pixel):
+                                m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
                 with m.If(result_full):
                     with m.If(can_send):
@@ -461,7 +491,7 @@ class HostLink(wiring.Component):
                         m.d.sync += result_high.eq(~result_high)
                         with m.If(result_high):
                             m.d.sync += result_full.eq(0)
-                with m.Elif(results_in == frame_pixels):
+                with m.Elif(~awaiting):
                     m.d.sync += in_frame.eq(0)
                     m.next = "TRAILER_STATUS"
             with m.State("TRAILER_STATUS"):

@@ -20,7 +20,7 @@ def test_report_measures_a_block(family, tmp_path):
     assert result["cells"]["LUT4"] > 5 and result["cells"]["FF"] > 5
     assert result["fmax_mhz"] > result["target_mhz"]
     assert result["meets_target"]
-    assert result["port_bits"] == [9, 2] and result["harness_ff"] == 2 * 9 + 2
+    assert result["port_bits"] == [9, 2] and result["harness_ff"] == 2 * 9 + 2 * 2
 
 
 def test_harness_port_count():
