@@ -1,7 +1,8 @@
 """Local standard deviation of each window, normalised by a reference: the density map."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..golden.density import (DENSITY_ONE, INV_REF_VAR_BITS, INV_REF_VAR_FRAC_BITS, MAX_KERNEL_SIZE,
@@ -13,12 +14,18 @@ from .window import window_layout
 __all__ = ["DensityUnit"]
 
 
-#: Operand chunk of a pipelined multiply: one SB_MAC16 (iCE40) or MULT18X18D (ECP5) each.
+#: Operand chunk of a multiplier: one SB_MAC16 (iCE40) or MULT18X18D (ECP5) each.
 _MUL_CHUNK = 16
+#: Chunk products with at most this many partial-product bits are shift-and-add LUT logic.
+_LUT_PRODUCT_AREA = 64
 #: Values an adder-tree stage sums (two adder levels per stage, for Fmax on iCE40).
 _TREE_ARITY = 4
 #: Result bits of the density's square root (``A < 2**16``).
 _ROOT_BITS = 8
+#: Result bits of the square root found in each of its stages, most significant first.
+_ROOT_STAGES = (2, 1, 1, 1, 1, 1, 1)
+#: Delays of at least this many stages are a memory, not a chain of registers.
+_MEMORY_DELAY_MIN = 4
 
 
 def _tree_stages(count):
@@ -27,6 +34,89 @@ def _tree_stages(count):
         count = -(-count // _TREE_ARITY)
         stages += 1
     return stages
+
+
+def _sum(values):
+    """Sum of ``values`` as a balanced tree of adders."""
+    values = list(values)
+    if not values:
+        return Const(0, 1)
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
+def _masked_terms(a, b):
+    """Shifted, masked copies of the wider operand whose sum is ``a * b``."""
+    a, b = Value.cast(a), Value.cast(b)
+    if len(a) < len(b):
+        a, b = b, a
+    return [Mux(b[i], a, 0) << i for i in range(len(b))]
+
+
+def _shift_add(a, b):
+    """``a * b`` as a tree of adders; never a ``$mul`` that synthesis could map to a DSP."""
+    return _sum(_masked_terms(a, b))
+
+
+def _chunk_product(a, b):
+    """``a * b`` as values to add: one multiplier product if it is wide, else
+    shift-and-add LUT logic in groups of ``_TREE_ARITY`` terms (two adder levels each)."""
+    if len(a) * len(b) > _LUT_PRODUCT_AREA:
+        return [a * b]
+    terms = _masked_terms(a, b)
+    return [_sum(terms[i:i + _TREE_ARITY]) for i in range(0, len(terms), _TREE_ARITY)]
+
+
+def _rows(partials):
+    """``(shift, value)`` partials packed into rows ``[shift, value]``: partials that do
+    not overlap share a row (concatenated, no adder)."""
+    rows = []
+    for shift, value in sorted(partials, key=lambda partial: partial[0]):
+        for row in rows:
+            if row[0] + len(row[1]) <= shift:
+                row[1] = Cat(row[1], Const(0, shift - row[0] - len(row[1])), value)
+                break
+        else:
+            rows.append([shift, Value.cast(value)])
+    return rows
+
+
+def _total(partials, *, saturate_at=None):
+    """Sum of ``(shift, value)`` partial products.
+
+    The rows of :func:`_rows` are added in a balanced tree, each adder starting at
+    its operands' lowest overlapping bit. With ``saturate_at``, returns
+    ``(sum mod 2**saturate_at, sum >= 2**saturate_at)``: each row is cut at bit
+    ``saturate_at`` (a row with a bit above it saturates the sum by itself, as
+    every partial is non-negative), which keeps the carry chains short.
+    """
+    rows, saturated = _rows(partials), Const(0, 1)
+    if saturate_at is not None:
+        for row in rows:
+            keep = max(0, saturate_at - row[0])
+            saturated = saturated | row[1][keep:].any()
+            row[1] = row[1][:keep]
+
+    def add(x, y):
+        (x_shift, x_value), (y_shift, y_value) = sorted([x, y], key=lambda row: row[0])
+        low = y_shift - x_shift
+        return [x_shift, Cat(x_value[:low], Const(0, max(0, low - len(x_value))),
+                             x_value[low:] + y_value)]
+
+    while len(rows) > 1:
+        rows = [add(rows[i], rows[i + 1]) if i + 1 < len(rows) else rows[i]
+                for i in range(0, len(rows), 2)]
+    shift, value = rows[0]
+    total = Cat(Const(0, shift), value)
+    if saturate_at is None:
+        return total
+    return total[:saturate_at], saturated | total[saturate_at:].any()
+
+
+#: Squares of 4-bit values: one 4-input LUT per result bit.
+_NIBBLE_SQUARES = Array(Const(n * n, 8) for n in range(16))
 
 
 class DensityUnit(wiring.Component):
@@ -42,7 +132,10 @@ class DensityUnit(wiring.Component):
     with ``S1``/``S2`` the sums of ``x``/``x*x``, ``N`` their count, ``RN`` a
     ROM of ``2**(G+16) / N**2`` and ``G = rn_shift(kernel_size)`` (see that
     module for the full contract and error bound). Fully pipelined, no divider:
-    one window in and one density out per clock when nothing stalls.
+    one window in and one density out per clock when nothing stalls. Squares
+    and narrow products are LUT logic; only 16-bit operand chunks of ``S1*S1``,
+    ``V*RN`` and ``var_q*inv_ref_var`` are multipliers (7 per channel for
+    ``K = 3``: ``SB_MAC16`` on iCE40, ``MULT18X18D`` on ECP5).
 
     Parameters
     ----------
@@ -125,8 +218,8 @@ class DensityUnit(wiring.Component):
     @property
     def latency(self):
         """Cycles from accepting a window to offering its density, with no stalls."""
-        # input, squares, sum trees, N*S2 and S1^2 (2), V*RN (2), var_q*inv (2), isqrt
-        return 1 + 1 + _tree_stages(self._kernel_size ** 2) + 2 + 2 + 2 + _ROOT_BITS
+        # input, squares (2), sum trees, N*S2 and S1^2 (2), V*RN (2), var_q*inv (2), isqrt
+        return 1 + 2 + _tree_stages(self._kernel_size ** 2) + 2 + 2 + 2 + len(_ROOT_STAGES)
 
     def elaborate(self, platform):
         m = Module()
@@ -150,27 +243,71 @@ class DensityUnit(wiring.Component):
                 m.d.sync += reg.eq(value)
             return reg
 
-        # valid and x/y/first/last travel beside the data, one register per stage.
-        valid, side, stage_count = self.i_stream.valid, self.i_stream.payload, 0
+        def delay(value, stages, name):
+            """``value`` through ``stages`` registers that load on ``advance``. Long delays
+            are a memory with one write and one read per advance (block RAM on iCE40,
+            distributed RAM on ECP5) instead of flip-flops, which would cost a logic
+            cell each on iCE40."""
+            value = Value.cast(value)
+            if stages < _MEMORY_DELAY_MIN:
+                for _ in range(stages):
+                    value = register(value, name=name)
+                return value
+            # depth > stages - 1, so that the read address never equals the write address
+            depth = 1 << (stages - 1).bit_length()
+            memory = Memory(shape=len(value), depth=depth, init=[])
+            m.submodules[name] = memory
+            write, read = memory.write_port(), memory.read_port(domain="sync")
+            pointer = Signal(range(depth), name=f"{name}_pointer")
+            with m.If(advance):
+                m.d.sync += pointer.eq(pointer + 1)
+            m.d.comb += [
+                write.addr.eq(pointer), write.data.eq(value), write.en.eq(advance),
+                read.addr.eq(pointer - (stages - 1)), read.en.eq(advance),
+            ]
+            return read.data
+
+        # valid travels beside the data, one register per stage (x/y/first/last in a delay
+        # line, at the end).
+        valid, stage_count = self.i_stream.valid, 0
 
         def next_stage():
-            nonlocal valid, side, stage_count
+            nonlocal valid, stage_count
             stage_count += 1
             new_valid = Signal(name=f"valid_{stage_count}")
-            new_side = Signal(self._side_layout, name=f"side_{stage_count}", reset_less=True)
             with m.If(advance):
                 m.d.sync += new_valid.eq(valid)
-                m.d.sync += [new_side[name].eq(side[name]) for name, _ in self._side_layout]
-            valid, side = new_valid, new_side
+            valid = new_valid
 
-        def multiply(a, b, name):
-            """Registered 16x16 partial products of ``a * b``; :func:`total` sums them."""
-            return [(i + j, register(a[i:i + _MUL_CHUNK] * b[j:j + _MUL_CHUNK],
-                                     name=f"{name}_{i}_{j}"))
-                    for i in range(0, len(a), _MUL_CHUNK) for j in range(0, len(b), _MUL_CHUNK)]
+        def multiply(a, b, name, *, saturate_at=None):
+            """Registered partial products ``(shift, value)`` of ``a * b`` (:func:`_total`
+            sums them), and a registered flag.
 
-        def total(partials):
-            return sum((partial << shift for shift, partial in partials), Const(0, 1))
+            The flag is 0 without ``saturate_at``. With it, only the sum's value below
+            ``2**saturate_at`` and whether it reaches ``2**saturate_at`` matter: a wide
+            chunk product ``x * y`` at shift ``s`` with ``L = saturate_at - s`` is replaced
+            by ``x[:L] * y[:L]`` if that is narrow enough for LUT logic, and the flag is set
+            if ``x >= 2**L`` and ``y >= 1`` or the other way round. If the flag is 0,
+            either operand is 0 or both are below ``2**L``, so the replacement is exact;
+            if it is 1, ``x * y >= 2**L`` and the whole product is ``>= 2**saturate_at``.
+            """
+            partials, large = [], Const(0, 1)
+            for i in range(0, len(a), _MUL_CHUNK):
+                for j in range(0, len(b), _MUL_CHUNK):
+                    x, y = a[i:i + _MUL_CHUNK], b[j:j + _MUL_CHUNK]
+                    if saturate_at is not None and len(x) * len(y) > _LUT_PRODUCT_AREA:
+                        limit = max(0, saturate_at - i - j)
+                        if min(limit, len(x)) * min(limit, len(y)) <= _LUT_PRODUCT_AREA:
+                            large = large | (x[limit:].any() & y.any()) | (y[limit:].any() & x.any())
+                            x, y = x[:limit], y[:limit]
+                    partials += [(i + j, register(value, name=f"{name}_{i}_{j}"))
+                                 for value in _chunk_product(x, y)]
+            return partials, register(large, name=f"{name}_large")
+
+        def reduce(values, name):
+            """One stage of an adder tree; a single value is only registered."""
+            return [register(sum(values[i + 1:i + _TREE_ARITY], values[i]), name=name)
+                    for i in range(0, len(values), _TREE_ARITY)]
 
         # Stage 1: register the window with pad elements zeroed; pick the frame's inv_ref_var.
         payload = self.i_stream.payload
@@ -185,87 +322,101 @@ class DensityUnit(wiring.Component):
                    for dy in range(k) for dx in range(k)] for c in range(channels)]
         next_stage()
 
-        # Stage 2: squares, registered in and out so that they map to DSPs.
-        squares = [[register(x * x, name=f"square_{c}") for x in pixels[c]] for c in range(channels)]
-        pixels = [[register(x, name=f"pixel_{c}") for x in pixels[c]] for c in range(channels)]
-        inside = [register(bit, name="inside") for bit in inside]
-        inv = register(inv, name="inv")
+        # Stages 2 and 3: squares in LUT logic, x² = 256 h² + l² + 32 h l for the nibbles
+        # h, l of x: first the nibble squares (4-input tables, side by side) and h l
+        # (shift-and-add), then their sum. N and S1 start their adder trees meanwhile.
+        low_high = [[register(Cat(_NIBBLE_SQUARES[x[:4]], _NIBBLE_SQUARES[x[4:8]]),
+                              name=f"square_low_high_{c}") for x in pixels[c]]
+                    for c in range(channels)]
+        cross = [[register(_shift_add(x[:4], x[4:8]), name=f"square_cross_{c}")
+                  for x in pixels[c]] for c in range(channels)]
+        pixels = [reduce(values, f"sum_{c}") for c, values in enumerate(pixels)]
+        inside = reduce(inside, "count")
+        next_stage()
+        squares = [[register(low_high + (cross << 5), unsigned(16), name=f"square_{c}")
+                    for low_high, cross in zip(low_high[c], cross[c])] for c in range(channels)]
+        pixels = [reduce(values, f"sum_{c}") for c, values in enumerate(pixels)]
+        inside = reduce(inside, "count")
         next_stage()
 
-        # Sum trees for N, S1 and S2, _TREE_ARITY terms per stage.
-        def reduce(values, name):
-            return [register(sum(values[i + 1:i + _TREE_ARITY], values[i]), name=name)
-                    for i in range(0, len(values), _TREE_ARITY)]
-        while len(inside) > 1:
+        # Sum trees for S2, and N and S1 (which start early), _TREE_ARITY terms per stage.
+        while len(squares[0]) > 1:
             inside = reduce(inside, "count")
             pixels = [reduce(values, f"sum_{c}") for c, values in enumerate(pixels)]
             squares = [reduce(values, f"square_sum_{c}") for c, values in enumerate(squares)]
-            inv = register(inv, name="inv")
             next_stage()
         count = inside[0][:elements.bit_length()]
         sums = [values[0][:(255 * elements).bit_length()] for values in pixels]
         square_sums = [values[0][:(65025 * elements).bit_length()] for values in squares]
 
-        # N*S2 and S1*S1 as partial products; RN[N] from a ROM.
+        # S1*S1 in a multiplier, N*S2 by shift-and-add (N has few bits); RN[N] from a ROM.
         rn_lookup = Signal(max(1, max(rn).bit_length()))
         with m.Switch(count):
             for n, entry in enumerate(rn):
                 if entry:
                     with m.Case(n):
                         m.d.comb += rn_lookup.eq(entry)
-        n_s2 = [multiply(count, s2, f"n_s2_{c}") for c, s2 in enumerate(square_sums)]
-        s1_s1 = [multiply(s1, s1, f"s1_s1_{c}") for c, s1 in enumerate(sums)]
+        n_s2 = [register(_shift_add(count, s2), name=f"n_s2_{c}") for c, s2 in enumerate(square_sums)]
+        s1_s1 = [multiply(s1, s1, f"s1_s1_{c}")[0] for c, s1 in enumerate(sums)]
         rn_value = register(rn_lookup, name="rn")
-        inv = register(inv, name="inv")
         next_stage()
 
         # V = N*S2 - S1^2 is exact and never negative, so its low bits are all of it.
-        variance_n2 = [register(total(n_s2[c]) - total(s1_s1[c]), unsigned(v_width),
+        variance_n2 = [register(n_s2[c] - _total(s1_s1[c]), unsigned(v_width),
                                 name=f"variance_n2_{c}") for c in range(channels)]
         rn_value = register(rn_value, name="rn")
-        inv = register(inv, name="inv")
         next_stage()
 
         # var_q = (V * RN[N]) >> G
-        partials = [multiply(v, rn_value, f"v_rn_{c}") for c, v in enumerate(variance_n2)]
-        inv = register(inv, name="inv")
+        partials = [multiply(v, rn_value, f"v_rn_{c}")[0] for c, v in enumerate(variance_n2)]
         next_stage()
-        var_q = [register(total(p) >> rn_shift(k), unsigned(var_q_width), name=f"var_q_{c}")
+        var_q = [register(_total(p) >> rn_shift(k), unsigned(var_q_width), name=f"var_q_{c}")
                  for c, p in enumerate(partials)]
-        inv = register(inv, name="inv")
         next_stage()
 
-        # var_q * inv_ref_var: bits [a_shift, a_shift + 16) are A, the ones above saturate.
-        partials = [multiply(v, inv, f"v_inv_{c}") for c, v in enumerate(var_q)]
+        # var_q * inv_ref_var: bits [a_shift, a_shift + 16) are A, any one above saturates.
+        # inv was registered in stage 1; it meets var_q at the multiplier inputs.
+        inv = register(delay(inv, stage_count - 2, "inv_delay"), name="inv")
+        products = [multiply(v, inv, f"v_inv_{c}", saturate_at=a_shift + 16)
+                    for c, v in enumerate(var_q)]
         next_stage()
-        scaled = [register(total(p), unsigned(var_q_width + INV_REF_VAR_BITS), name=f"scaled_{c}")
-                  for c, p in enumerate(partials)]
+        radicand, saturated = [], []
+        for c, (p, large) in enumerate(products):
+            total, above = _total(p, saturate_at=a_shift + 16)
+            radicand.append(register(total[a_shift:], name=f"radicand_{c}"))
+            saturated.append(register(above | large, name=f"saturated_{c}"))
         next_stage()
 
-        # Restoring square root of A, one result bit per stage, most significant first;
-        # the last stage is the output register.
-        radicand = [s[a_shift:a_shift + 16] for s in scaled]
-        saturated = [s[a_shift + 16:].any() for s in scaled]
+        # Restoring square root of A, most significant result bits first; the last stage
+        # is the output register.
         remainder = [Const(0, 0)] * channels
         root = [Const(0, 0)] * channels
-        for bit in reversed(range(_ROOT_BITS)):
+        for stage, stage_bits in enumerate(_ROOT_STAGES):
+            last = stage == len(_ROOT_STAGES) - 1
+            bits = range(_ROOT_BITS - 1 - sum(_ROOT_STAGES[:stage]),
+                         _ROOT_BITS - 1 - sum(_ROOT_STAGES[:stage + 1]), -1)
             for c in range(channels):
-                candidate = Cat(radicand[c][2 * bit:2 * bit + 2], remainder[c])
-                difference = candidate - Cat(Const(1, 2), root[c])
-                fits = difference >= 0
-                if bit:
-                    remainder[c] = register(Mux(fits, difference, candidate),
-                                            unsigned(_ROOT_BITS + 1), name=f"remainder_{c}")
-                    root[c] = register(Cat(fits, root[c]), name=f"root_{c}")
+                for bit in bits:
+                    candidate = Cat(radicand[c][2 * bit:2 * bit + 2], remainder[c])
+                    difference = candidate - Cat(Const(1, 2), root[c])
+                    fits = difference >= 0
+                    remainder[c] = Mux(fits, difference, candidate)[:_ROOT_BITS + 1]
+                    root[c] = Cat(fits, root[c])
+                if not last:
+                    remainder[c] = register(remainder[c], name=f"remainder_{c}")
+                    root[c] = register(root[c], name=f"root_{c}")
                     radicand[c] = register(radicand[c][:2 * bit], name=f"radicand_{c}")
                     saturated[c] = register(saturated[c], name=f"saturated_{c}")
                 else:
                     with m.If(advance):
                         m.d.sync += self.o_stream.payload.data[c].eq(
-                            Mux(saturated[c], DENSITY_ONE, Cat(fits, root[c])))
-            if bit:
+                            Mux(saturated[c], DENSITY_ONE, root[c]))
+            if not last:
                 next_stage()
 
+        side = Signal(self._side_layout)
+        m.d.comb += [side[name].eq(self.i_stream.payload[name]) for name, _ in self._side_layout]
+        side = self._side_layout(delay(side.as_value(), stage_count, "side_delay"))
         with m.If(advance):
             m.d.sync += self.o_stream.valid.eq(valid)
             m.d.sync += [self.o_stream.payload[name].eq(side[name]) for name, _ in self._side_layout]

@@ -7,8 +7,8 @@ import pytest
 from amaranth.back import verilog
 
 from dynsparse.golden.density import (density_map, density_map_float, density_of_windows,
-                                      error_bound, inv_ref_var, isqrt, rn_shift, rn_table,
-                                      VAR_FRAC_BITS)
+                                      error_bound, inv_ref_var, isqrt, neighbourhood_sums,
+                                      rn_shift, rn_table, VAR_FRAC_BITS)
 from dynsparse.golden.images import real_image
 from dynsparse.golden.measure_density_error import measure_density_error
 from dynsparse.golden.window import PAD_MODES, windows
@@ -242,6 +242,31 @@ def test_inv_ref_var_latched_per_frame():
               enumerate([(1, 1), (1, 2), (2, 3), (1, 2), (3, 3), (2, 1)])]
     frames[1][0, 1] = 255 - frames[1][0, 0]                      # a non-zero density in 2 pixels
     simulate(dut, frames, [2, 3, 5, 8, 13, 21], source="random", sink="random", seed=3)
+
+
+def test_inv_ref_var_extremes():
+    """``inv_ref_var`` from 1 to ``2**24 - 1`` against variances from 0 to far above the
+    reference. The gateware replaces the high chunk product of ``var_q * inv_ref_var``
+    by a clamped narrow one and cuts the rows of its sum at ``2**39`` (``A >= 65536``);
+    the frames are chosen so that both sides of those cuts occur, checked here."""
+    stds = [0, 0.3, 0.6, 1, 2, 4, 8, 11, 16, 40]
+    ref_stds = [0.5, 0.75, 1, 1.5, 3, 8, 9.5, 11.3, 11.4, 100, 5000]
+    rng = np.random.default_rng(11)
+    frames = [np.clip(np.round(128 + rng.normal(0, 1, (len(stds), 8, 1)) *
+                               np.array(stds)[:, None, None]), 0, 255).astype(np.uint8)
+              for _ in ref_stds]
+    # var_q and inv_ref_var split at bit 16 as the gateware does
+    high_chunks, boundary = set(), 0
+    for frame, ref_std in zip(frames, ref_stds):
+        n, s1, s2 = neighbourhood_sums(frame, kernel_size=3)
+        var_q = ((n * s2 - s1 * s1) * np.array(rn_table(3))[n]) >> rn_shift(3)
+        inv = inv_ref_var(ref_std)
+        a = (var_q * inv) >> 23
+        high_chunks |= {(bool(q), (q * (inv >> 16)) >= 128) for q in (var_q >> 16).ravel() if inv >> 16}
+        boundary += int(((a >= 60000) & (a < 70000)).sum())
+    assert high_chunks == {(False, False), (True, False), (True, True)} and boundary
+    dut = DensityUnit(kernel_size=3, channels=1, max_width=8, max_height=len(stds))
+    simulate(dut, frames, ref_stds, source="random", sink="random", seed=11)
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 5, 7])
