@@ -57,7 +57,7 @@ def _masked_terms(a, b):
 
 def _shift_add(a, b):
     """``a * b`` as a tree of adders; never a ``$mul`` that synthesis could map to a DSP."""
-    return _sum(_masked_terms(a, b))
+    return _sum(_masked_terms(a, b))[:len(Value.cast(a)) + len(Value.cast(b))]
 
 
 def _chunk_product(a, b):
@@ -66,7 +66,10 @@ def _chunk_product(a, b):
     if len(a) * len(b) > _LUT_PRODUCT_AREA:
         return [a * b]
     terms = _masked_terms(a, b)
-    return [_sum(terms[i:i + _TREE_ARITY]) for i in range(0, len(terms), _TREE_ARITY)]
+    # a group of terms i .. i + 3 sums to less than 2**(max(len(a), len(b)) + i + 4)
+    width = max(len(a), len(b))
+    return [_sum(terms[i:i + _TREE_ARITY])[:width + min(len(terms), i + _TREE_ARITY)]
+            for i in range(0, len(terms), _TREE_ARITY)]
 
 
 def _rows(partials):
@@ -119,6 +122,20 @@ def _total(partials, *, saturate_at=None):
 _NIBBLE_SQUARES = Array(Const(n * n, 8) for n in range(16))
 
 
+def _square_partials(x):
+    """``x * x`` in LUT logic, as ``(shift, value)`` partials for :func:`_total`.
+
+    With the 4-bit nibbles ``n_i`` of ``x``,
+    ``x² = Σ n_i² · 2**(8 i) + Σ_{i<j} n_i n_j · 2**(4 (i + j) + 1)``: the
+    nibble squares are 4-input tables and lie side by side (one partial, no
+    adder); each cross product is a shift-and-add of four terms.
+    """
+    nibbles = [x[i:i + 4] for i in range(0, len(x), 4)]
+    return [(0, Cat(*(_NIBBLE_SQUARES[nibble] for nibble in nibbles)))] + [
+        (4 * (i + j) + 1, _shift_add(nibbles[i], nibbles[j]))
+        for i in range(len(nibbles)) for j in range(i + 1, len(nibbles))]
+
+
 class DensityUnit(wiring.Component):
     """Density of each window: its local std over a reference std, saturated at 1.0.
 
@@ -133,8 +150,8 @@ class DensityUnit(wiring.Component):
     ROM of ``2**(G+16) / N**2`` and ``G = rn_shift(kernel_size)`` (see that
     module for the full contract and error bound). Fully pipelined, no divider:
     one window in and one density out per clock when nothing stalls. Squares
-    and narrow products are LUT logic; only 16-bit operand chunks of ``S1*S1``,
-    ``V*RN`` and ``var_q*inv_ref_var`` are multipliers (7 per channel for
+    and narrow products are LUT logic; only wide 16-bit operand chunks of
+    ``V*RN`` and ``var_q*inv_ref_var`` are multipliers (6 per channel for
     ``K = 3``: ``SB_MAC16`` on iCE40, ``MULT18X18D`` on ECP5).
 
     Parameters
@@ -322,19 +339,16 @@ class DensityUnit(wiring.Component):
                    for dy in range(k) for dx in range(k)] for c in range(channels)]
         next_stage()
 
-        # Stages 2 and 3: squares in LUT logic, x² = 256 h² + l² + 32 h l for the nibbles
-        # h, l of x: first the nibble squares (4-input tables, side by side) and h l
-        # (shift-and-add), then their sum. N and S1 start their adder trees meanwhile.
-        low_high = [[register(Cat(_NIBBLE_SQUARES[x[:4]], _NIBBLE_SQUARES[x[4:8]]),
-                              name=f"square_low_high_{c}") for x in pixels[c]]
-                    for c in range(channels)]
-        cross = [[register(_shift_add(x[:4], x[4:8]), name=f"square_cross_{c}")
-                  for x in pixels[c]] for c in range(channels)]
+        # Stages 2 and 3: squares in LUT logic (see _square_partials), then their sums.
+        # N and S1 start their adder trees meanwhile.
+        squares = [[[(shift, register(value, name=f"square_partial_{c}"))
+                     for shift, value in _square_partials(x)] for x in pixels[c]]
+                   for c in range(channels)]
         pixels = [reduce(values, f"sum_{c}") for c, values in enumerate(pixels)]
         inside = reduce(inside, "count")
         next_stage()
-        squares = [[register(low_high + (cross << 5), unsigned(16), name=f"square_{c}")
-                    for low_high, cross in zip(low_high[c], cross[c])] for c in range(channels)]
+        squares = [[register(_total(partials), unsigned(16), name=f"square_{c}")
+                    for partials in squares[c]] for c in range(channels)]
         pixels = [reduce(values, f"sum_{c}") for c, values in enumerate(pixels)]
         inside = reduce(inside, "count")
         next_stage()
@@ -349,7 +363,8 @@ class DensityUnit(wiring.Component):
         sums = [values[0][:(255 * elements).bit_length()] for values in pixels]
         square_sums = [values[0][:(65025 * elements).bit_length()] for values in squares]
 
-        # S1*S1 in a multiplier, N*S2 by shift-and-add (N has few bits); RN[N] from a ROM.
+        # S1*S1 in LUT logic like the squares, N*S2 by shift-and-add (N has few bits);
+        # RN[N] from a ROM.
         rn_lookup = Signal(max(1, max(rn).bit_length()))
         with m.Switch(count):
             for n, entry in enumerate(rn):
@@ -357,7 +372,8 @@ class DensityUnit(wiring.Component):
                     with m.Case(n):
                         m.d.comb += rn_lookup.eq(entry)
         n_s2 = [register(_shift_add(count, s2), name=f"n_s2_{c}") for c, s2 in enumerate(square_sums)]
-        s1_s1 = [multiply(s1, s1, f"s1_s1_{c}")[0] for c, s1 in enumerate(sums)]
+        s1_s1 = [[(shift, register(value, name=f"s1_s1_{c}")) for shift, value in _square_partials(s1)]
+                 for c, s1 in enumerate(sums)]
         rn_value = register(rn_lookup, name="rn")
         next_stage()
 
