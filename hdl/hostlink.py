@@ -286,11 +286,16 @@ class HostLink(wiring.Component):
         reply_index  = Signal(4)
         frame_after  = Signal()      # the reply is RUN_FRAME's header: the frame follows
 
-        def reply(status, length=0, data=0, *, frame=False):
+        # The reply's payload is chosen by a small code and loaded in REPLY_MAGIC, a cycle after
+        # the decision: the many conditions that pick the reply stay out of the data's paths.
+        reply_source = Signal(2)     # 0: none, 1: PING, 2: register read, 3: frame size
+        reply_sources = {"none": 0, "ping": 1, "register": 2, "frame": 3}
+
+        def reply(status, length=0, source="none", *, frame=False):
             if status != Status.OK:
                 m.d.comb += count_bad.eq(1)
-            m.d.sync += [reply_status.eq(status), reply_length.eq(length), reply_data.eq(data),
-                         frame_after.eq(frame)]
+            m.d.sync += [reply_status.eq(status), reply_length.eq(length),
+                         reply_source.eq(reply_sources[source]), frame_after.eq(frame)]
             m.next = "REPLY_MAGIC"
 
         read_value = Signal(32)
@@ -369,7 +374,7 @@ class HostLink(wiring.Component):
                         with m.If(length != 0):
                             reply(Status.BAD_LENGTH)
                         with m.Else():
-                            reply(Status.OK, 8, ping_data)
+                            reply(Status.OK, 8, "ping")
                     with m.Case(Command.WRITE_REG):
                         with m.If(length != 5):
                             reply(Status.BAD_LENGTH)
@@ -392,7 +397,7 @@ class HostLink(wiring.Component):
                         with m.If(length != 1):
                             reply(Status.BAD_LENGTH)
                         with m.Elif(read_ok_q):
-                            reply(Status.OK, 4, read_value_q)
+                            reply(Status.OK, 4, "register")
                         with m.Else():
                             reply(Status.BAD_REGISTER)
                     with m.Case(Command.RUN_FRAME):
@@ -414,7 +419,7 @@ class HostLink(wiring.Component):
             # here would take a DSP block from the pipeline.
             with m.State("FRAME_SIZE"):
                 with m.If(multiplier == 0):
-                    reply(Status.OK, 4, Cat(C(0, 1), total), frame=True)   # 2 bytes per result
+                    reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
                     m.d.sync += [
                         in_frame.eq(1),
                         frame_pixels.eq(total), last_pixel.eq(total - 1),
@@ -429,6 +434,13 @@ class HostLink(wiring.Component):
 
             # ---- reply packet: magic, status, length, payload, CRC ----
             with m.State("REPLY_MAGIC"):
+                with m.Switch(reply_source):
+                    with m.Case(1):
+                        m.d.sync += reply_data.eq(ping_data)
+                    with m.Case(2):
+                        m.d.sync += reply_data.eq(read_value_q)
+                    with m.Case(3):
+                        m.d.sync += reply_data.eq(Cat(C(0, 1), total))
                 with m.If(can_send):
                     m.d.comb += emit(REPLY_MAGIC, op=2)
                     m.next = "REPLY_STATUS"
