@@ -1,5 +1,7 @@
 """Local standard deviation of each window, normalised by a reference: the density map."""
 
+import math
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -17,13 +19,13 @@ __all__ = ["DensityUnit"]
 #: Operand chunk of a multiplier: one SB_MAC16 (iCE40) or MULT18X18D (ECP5) each.
 _MUL_CHUNK = 16
 #: Chunk products with at most this many partial-product bits are shift-and-add LUT logic.
-_LUT_PRODUCT_AREA = 64
+_LUT_PRODUCT_AREA = 80
 #: Values an adder-tree stage sums (two adder levels per stage, for Fmax on iCE40).
 _TREE_ARITY = 4
 #: Result bits of the density's square root (``A < 2**16``).
 _ROOT_BITS = 8
 #: Result bits of the square root found in each of its stages, most significant first.
-_ROOT_STAGES = (2, 1, 1, 1, 1, 1, 1)
+_ROOT_STAGES = (3, 1, 1, 1, 1, 1)
 #: Delays of at least this many stages are a memory, not a chain of registers.
 _MEMORY_DELAY_MIN = 4
 
@@ -60,16 +62,16 @@ def _shift_add(a, b):
     return _sum(_masked_terms(a, b))[:len(Value.cast(a)) + len(Value.cast(b))]
 
 
-def _chunk_product(a, b):
+def _chunk_product(a, b, group):
     """``a * b`` as values to add: one multiplier product if it is wide, else
-    shift-and-add LUT logic in groups of ``_TREE_ARITY`` terms (two adder levels each)."""
+    shift-and-add LUT logic in sums of ``group`` terms."""
     if len(a) * len(b) > _LUT_PRODUCT_AREA:
         return [a * b]
     terms = _masked_terms(a, b)
-    # a group of terms i .. i + 3 sums to less than 2**(max(len(a), len(b)) + i + 4)
+    # terms i .. i + group - 1 sum to less than 2**(max(len(a), len(b)) + i + group)
     width = max(len(a), len(b))
-    return [_sum(terms[i:i + _TREE_ARITY])[:width + min(len(terms), i + _TREE_ARITY)]
-            for i in range(0, len(terms), _TREE_ARITY)]
+    return [_sum(terms[i:i + group])[:width + min(len(terms), i + group)]
+            for i in range(0, len(terms), group)]
 
 
 def _rows(partials):
@@ -84,6 +86,18 @@ def _rows(partials):
         else:
             rows.append([shift, Value.cast(value)])
     return rows
+
+
+def _partial_sums(partials):
+    """The rows of ``partials`` (see :func:`_rows`) summed in groups of ``_TREE_ARITY``
+    (two adder levels), as ``(shift, value)`` partials again."""
+    rows = _rows(partials)
+    sums = []
+    for i in range(0, len(rows), _TREE_ARITY):
+        group = rows[i:i + _TREE_ARITY]
+        shift = min(row_shift for row_shift, _ in group)
+        sums.append((shift, _total([(row_shift - shift, row) for row_shift, row in group])))
+    return sums
 
 
 def _total(partials, *, saturate_at=None):
@@ -151,7 +165,7 @@ class DensityUnit(wiring.Component):
     module for the full contract and error bound). Fully pipelined, no divider:
     one window in and one density out per clock when nothing stalls. Squares
     and narrow products are LUT logic; only wide 16-bit operand chunks of
-    ``V*RN`` and ``var_q*inv_ref_var`` are multipliers (6 per channel for
+    ``V*RN`` and ``var_q*inv_ref_var`` are multipliers (5 per channel for
     ``K = 3``: ``SB_MAC16`` on iCE40, ``MULT18X18D`` on ECP5).
 
     Parameters
@@ -235,8 +249,8 @@ class DensityUnit(wiring.Component):
     @property
     def latency(self):
         """Cycles from accepting a window to offering its density, with no stalls."""
-        # input, squares (2), sum trees, N*S2 and S1^2 (2), V*RN (2), var_q*inv (2), isqrt
-        return 1 + 2 + _tree_stages(self._kernel_size ** 2) + 2 + 2 + 2 + len(_ROOT_STAGES)
+        # input, squares (2), sum trees, N*S2 and S1^2 (2), V*RN (3), var_q*inv (2), isqrt
+        return 1 + 2 + _tree_stages(self._kernel_size ** 2) + 2 + 3 + 2 + len(_ROOT_STAGES)
 
     def elaborate(self, platform):
         m = Module()
@@ -296,7 +310,7 @@ class DensityUnit(wiring.Component):
                 m.d.sync += new_valid.eq(valid)
             valid = new_valid
 
-        def multiply(a, b, name, *, saturate_at=None):
+        def multiply(a, b, name, *, saturate_at=None, group=_TREE_ARITY):
             """Registered partial products ``(shift, value)`` of ``a * b`` (:func:`_total`
             sums them), and a registered flag.
 
@@ -318,7 +332,7 @@ class DensityUnit(wiring.Component):
                             large = large | (x[limit:].any() & y.any()) | (y[limit:].any() & x.any())
                             x, y = x[:limit], y[:limit]
                     partials += [(i + j, register(value, name=f"{name}_{i}_{j}"))
-                                 for value in _chunk_product(x, y)]
+                                 for value in _chunk_product(x, y, group)]
             return partials, register(large, name=f"{name}_large")
 
         def reduce(values, name):
@@ -384,7 +398,13 @@ class DensityUnit(wiring.Component):
         next_stage()
 
         # var_q = (V * RN[N]) >> G
-        partials = [multiply(v, rn_value, f"v_rn_{c}")[0] for c, v in enumerate(variance_n2)]
+        # (its LUT chunks in sums of two terms: their rows are added over two stages)
+        partials = [multiply(v, rn_value, f"v_rn_{c}", group=2)[0]
+                    for c, v in enumerate(variance_n2)]
+        next_stage()
+        # the rows of the partials summed in two stages, two adder levels each
+        partials = [[(shift, register(value, name=f"v_rn_sum_{c}"))
+                     for shift, value in _partial_sums(p)] for c, p in enumerate(partials)]
         next_stage()
         var_q = [register(_total(p) >> rn_shift(k), unsigned(var_q_width), name=f"var_q_{c}")
                  for c, p in enumerate(partials)]
@@ -404,13 +424,18 @@ class DensityUnit(wiring.Component):
         next_stage()
 
         # Restoring square root of A, most significant result bits first; the last stage
-        # is the output register.
-        remainder = [Const(0, 0)] * channels
-        root = [Const(0, 0)] * channels
+        # is the output register. The first stage looks its bits up: the root of the top
+        # 2 b bits of A and the remainder (at most 2 (2**b - 1)) are what b steps give.
+        top_bits = 2 * _ROOT_STAGES[0]
+        tops = [r[len(r) - top_bits:] for r in radicand]
+        root = [Array(Const(math.isqrt(t), _ROOT_STAGES[0]) for t in range(1 << top_bits))[top]
+                for top in tops]
+        remainder = [Array(Const(t - math.isqrt(t) ** 2, _ROOT_STAGES[0] + 1)
+                           for t in range(1 << top_bits))[top] for top in tops]
         for stage, stage_bits in enumerate(_ROOT_STAGES):
             last = stage == len(_ROOT_STAGES) - 1
-            bits = range(_ROOT_BITS - 1 - sum(_ROOT_STAGES[:stage]),
-                         _ROOT_BITS - 1 - sum(_ROOT_STAGES[:stage + 1]), -1)
+            remaining = _ROOT_BITS - sum(_ROOT_STAGES[:stage + 1])
+            bits = range(remaining + stage_bits - 1, remaining - 1, -1) if stage else []
             for c in range(channels):
                 for bit in bits:
                     candidate = Cat(radicand[c][2 * bit:2 * bit + 2], remainder[c])
@@ -421,7 +446,7 @@ class DensityUnit(wiring.Component):
                 if not last:
                     remainder[c] = register(remainder[c], name=f"remainder_{c}")
                     root[c] = register(root[c], name=f"root_{c}")
-                    radicand[c] = register(radicand[c][:2 * bit], name=f"radicand_{c}")
+                    radicand[c] = register(radicand[c][:2 * remaining], name=f"radicand_{c}")
                     saturated[c] = register(saturated[c], name=f"saturated_{c}")
                 else:
                     with m.If(advance):

@@ -255,16 +255,19 @@ def test_inv_ref_var_extremes():
     frames = [np.clip(np.round(128 + rng.normal(0, 1, (len(stds), 8, 1)) *
                                np.array(stds)[:, None, None]), 0, 255).astype(np.uint8)
               for _ in ref_stds]
+    for frame in frames[::2]:       # the largest variances: V >= 2**20 where N >= 8
+        frame[3:6] = (np.indices((3, 8)).sum(axis=0) % 2 * 255)[..., None]
     # var_q and inv_ref_var split at bit 16 as the gateware does
-    high_chunks, boundary = set(), 0
+    high_chunks, boundary, large_v = set(), 0, 0
     for frame, ref_std in zip(frames, ref_stds):
         n, s1, s2 = neighbourhood_sums(frame, kernel_size=3)
+        large_v += int((n * s2 - s1 * s1 >= 2**20).sum())
         var_q = ((n * s2 - s1 * s1) * np.array(rn_table(3))[n]) >> rn_shift(3)
         inv = inv_ref_var(ref_std)
         a = (var_q * inv) >> 23
         high_chunks |= {(bool(q), (q * (inv >> 16)) >= 128) for q in (var_q >> 16).ravel() if inv >> 16}
         boundary += int(((a >= 60000) & (a < 70000)).sum())
-    assert high_chunks == {(False, False), (True, False), (True, True)} and boundary
+    assert high_chunks == {(False, False), (True, False), (True, True)} and boundary and large_v
     dut = DensityUnit(kernel_size=3, channels=1, max_width=8, max_height=len(stds))
     simulate(dut, frames, ref_stds, source="random", sink="random", seed=11)
 
