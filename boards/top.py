@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out, connect
 from ..hdl.frame import check_int
 from ..hdl.hostlink import HostLink
 from ..hdl.pipeline import DensityPipeline
+from ..hdl.skid import StreamRegister
 from ..hdl.uart import UARTReceiver, UARTTransmitter
 from .protocol import RESULT_BYTES
 
@@ -83,18 +84,24 @@ class DensityBoard(wiring.Component):
         connect(m, receiver.o_stream, link.rx)
         connect(m, link.tx, transmitter.i_stream)
 
-        # Pixel bytes into the pipeline, densities (UQ1.8, 9 bits) back as 16-bit results.
+        # Pixel bytes into the pipeline, densities (UQ1.8, 9 bits) back as 16-bit results,
+        # through register slices: the host link's command logic and the pipeline's control
+        # logic each get a full clock period instead of sharing one.
+        m.submodules.to_pipeline = to_pipeline = StreamRegister(pipeline.i_stream.payload.shape())
+        m.submodules.to_link = to_link = StreamRegister(link.result.payload.shape())
         m.d.comb += [
-            pipeline.i_stream.valid.eq(link.pixel.valid),
-            pipeline.i_stream.payload.data[0].eq(link.pixel.payload.data),
-            pipeline.i_stream.payload.first.eq(link.pixel.payload.first),
-            pipeline.i_stream.payload.last.eq(link.pixel.payload.last),
-            link.pixel.ready.eq(pipeline.i_stream.ready),
-            link.result.valid.eq(pipeline.o_stream.valid),
-            link.result.payload.data.eq(pipeline.o_stream.payload.data[0]),
-            link.result.payload.last.eq(pipeline.o_stream.payload.last),
-            pipeline.o_stream.ready.eq(link.result.ready),
+            to_pipeline.i_stream.valid.eq(link.pixel.valid),
+            to_pipeline.i_stream.payload.data[0].eq(link.pixel.payload.data),
+            to_pipeline.i_stream.payload.first.eq(link.pixel.payload.first),
+            to_pipeline.i_stream.payload.last.eq(link.pixel.payload.last),
+            link.pixel.ready.eq(to_pipeline.i_stream.ready),
+            to_link.i_stream.valid.eq(pipeline.o_stream.valid),
+            to_link.i_stream.payload.data.eq(pipeline.o_stream.payload.data[0]),
+            to_link.i_stream.payload.last.eq(pipeline.o_stream.payload.last),
+            pipeline.o_stream.ready.eq(to_link.i_stream.ready),
         ]
+        connect(m, to_pipeline.o_stream, pipeline.i_stream)
+        connect(m, to_link.o_stream, link.result)
         m.d.comb += [
             pipeline.width.eq(link.width),
             pipeline.height.eq(link.height),

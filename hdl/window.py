@@ -203,6 +203,7 @@ class WindowGenerator(wiring.Component):
         rows_below = Signal(range(r + 1))           # and below it, saturated at r
         emit    = Signal()            # positions from r·W + r on complete a window
         filling = Signal()            # the frame is being completed with zero pixels
+        at_start = Signal()           # no position of the frame taken yet
         advance = Signal()
         step    = Signal()            # the pipeline takes position (xi, yi) this cycle
         pixel   = Signal(pixel_bits)
@@ -241,7 +242,7 @@ class WindowGenerator(wiring.Component):
                             yo.eq(0), yo_left.eq(self.height - 1),
                             rows_above.eq(0), rows_below.eq(r),
                             emit.eq(r == 0),
-                            filling.eq(0),
+                            filling.eq(0), at_start.eq(1),
                         ]
                         with m.If(size_ok):
                             m.next = "RUN"
@@ -265,7 +266,7 @@ class WindowGenerator(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(needs_input):
                     with m.If(self.i_stream.valid):
-                        with m.If(i_payload.first & ((xi != 0) | (yi != 0))):
+                        with m.If(i_payload.first & ~at_start):
                             m.d.comb += raised.early_first.eq(1)
                             m.d.sync += filling.eq(1)
                         with m.Else():
@@ -283,6 +284,7 @@ class WindowGenerator(wiring.Component):
                     m.d.comb += [step.eq(advance), pixel.eq(zero_pixel)]
 
                 with m.If(step):
+                    m.d.sync += at_start.eq(0)
                     with m.If(x_end):
                         m.d.sync += [
                             xi.eq(0), x_left.eq(width_m1),
