@@ -2,8 +2,9 @@
 
 ``dynsparse bitstream --board icebreaker`` builds :class:`~dynsparse.boards.top.BoardTop`
 with Amaranth's build system driving YoWASP's Yosys, nextpnr and packers,
-prints the utilisation and nextpnr's Fmax against the design's timing target,
-and fails if the target is not met. ``dynsparse flash --board …`` programs
+prints the utilisation and nextpnr's Fmax, fails if the board's clock is not
+met, and says by how much a miss of the performance target (42 MHz on iCE40,
+125 MHz on ECP5) is. ``dynsparse flash --board …`` programs
 the board with openFPGALoader.
 """
 
@@ -79,22 +80,26 @@ def build_bitstream(board_name, *, build_root=Path("build/boards"), baud=115200,
         raise BuildFailed(f"build for {board.name} failed: {error}\n{log_tail}") from error
     summary = nextpnr_summary(build_dir / "report.json")
     constraint_mhz = platform.default_clk_frequency / 1e6
-    target = max(board.target_mhz, constraint_mhz)
+    target = board.target_mhz
     fmax = min(achieved for achieved, _ in summary["fmax"].values())
     result = {
         "board": board.name, "device": platform.device,
         "bitstream": str(build_dir / f"{name}.{board.bitstream_suffix}"),
         "clock_mhz": constraint_mhz, "target_mhz": target, "fmax_mhz": round(fmax, 1),
+        "meets_target": fmax >= target,
         "utilisation": {bel: list(v) for bel, v in summary["utilisation"].items() if v[0]},
     }
     (build_dir / "summary.json").write_text(json.dumps(result, indent=2))
     log(f"{board.name}: bitstream {result['bitstream']}")
     for bel, (used, available) in sorted(result["utilisation"].items()):
         log(f"  {bel:16} {used:6} / {available:6}  ({100 * used / available:5.1f} %)")
-    log(f"  Fmax {fmax:.1f} MHz; board clock {constraint_mhz:g} MHz; target {target:g} MHz")
+    log(f"  Fmax {fmax:.1f} MHz; board clock {constraint_mhz:g} MHz; performance target {target:g} MHz")
+    if fmax < constraint_mhz:
+        raise BuildFailed(f"{board.name}: timing not met: Fmax {fmax:.1f} MHz < board clock "
+                          f"{constraint_mhz:g} MHz; the bitstream would not work (see {build_dir})")
     if fmax < target:
-        raise BuildFailed(f"{board.name}: timing not met: Fmax {fmax:.1f} MHz < target {target:g} MHz "
-                          f"({target - fmax:.1f} MHz short); see {build_dir}")
+        log(f"  WARNING: the design misses its {target:g} MHz performance target by "
+            f"{target - fmax:.1f} MHz (it runs at the board's {constraint_mhz:g} MHz; see docs/report.md)")
     return result
 
 
