@@ -100,7 +100,52 @@ def measure_block(name, component_factory, family, build_dir, *, log=print):
     return result
 
 
-def _markdown(results):
+def critical_path(report_path):
+    """The worst path in a nextpnr report: its start and end cells and its logic and routing delays (ns)."""
+    try:
+        report = json.loads(Path(report_path).read_text())
+        path = max(report["critical_paths"], key=lambda p: sum(step["delay"] for step in p["path"]))["path"]
+    except (OSError, ValueError, KeyError):
+        return None
+    def short(cell):
+        return re.sub(r"(_SB_|_TRELLIS_|_LUT4|_DFF|\$).*", "", cell)
+    logic = sum(step["delay"] for step in path if step["type"] != "routing")
+    routing = sum(step["delay"] for step in path if step["type"] == "routing")
+    return {"from": short(path[0]["from"]["cell"]), "to": short(path[-1]["to"]["cell"]),
+            "logic_ns": round(logic, 1), "routing_ns": round(routing, 1)}
+
+
+def _path_text(path):
+    if not path:
+        return ""
+    return (f"{path['from']} → {path['to']}: {path['logic_ns']} ns logic + "
+            f"{path['routing_ns']} ns routing")
+
+
+def _boards_markdown(boards_dir):
+    rows = []
+    for summary_path in sorted(Path(boards_dir).glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        path = critical_path(summary_path.parent / "report.json")
+        utilisation = ", ".join(f"{bel} {used}/{available}" for bel, (used, available)
+                                in sorted(summary["utilisation"].items()) if bel != "SB_GB")
+        verdict = "yes" if summary["fmax_mhz"] >= summary["target_mhz"] else \
+            f"no, {summary['target_mhz'] - summary['fmax_mhz']:.1f} MHz short"
+        rows.append(f"| {summary['board']} | {summary['device']} | {utilisation} | "
+                    f"{summary['fmax_mhz']} | {summary['clock_mhz']:g} | {summary['target_mhz']:g} | "
+                    f"{verdict} | {_path_text(path)} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "## Board tops (`make bitstream`)", "",
+        "The whole board design (UART, host link, register slices, window generator, density "
+        "unit) as built by the last `make bitstream BOARD=…` on this machine. It runs at the "
+        "board's clock; the target is the performance goal.", "",
+        "| board | device | utilisation | Fmax (MHz) | board clock | target | meets target | critical path |",
+        "|---|---|---|---|---|---|---|---|", *rows, ""])
+
+
+def _markdown(results, build_dir=None):
     lines = []
     for family, spec in FAMILIES.items():
         rows = [r for r in results if r["family"] == family]
@@ -108,8 +153,8 @@ def _markdown(results):
             continue
         labels = list(spec["cells"]) + ["FF"]
         lines += [f"### {spec['label']}, target {spec['target_mhz']:g} MHz", "",
-                  "| block | " + " | ".join(labels) + " | harness FF | Fmax (MHz) | meets target |",
-                  "|---|" + "---|" * (len(labels) + 3)]
+                  "| block | " + " | ".join(labels) + " | harness FF | Fmax (MHz) | meets target | critical path |",
+                  "|---|" + "---|" * (len(labels) + 4)]
         for r in rows:
             cells = r.get("cells", {})
             if "error" in r:
@@ -120,8 +165,9 @@ def _markdown(results):
                 fmax = f"{r['fmax_mhz']}"
                 meets = "yes" if r["meets_target"] else \
                     f"no, {spec['target_mhz'] - r['fmax_mhz']:.1f} MHz short"
+            path = critical_path(Path(build_dir) / r["block"] / family / "report.json") if build_dir else None
             lines.append(f"| {r['block']} | " + " | ".join(str(cells.get(l, "—")) for l in labels) +
-                         f" | {r['harness_ff']} | {fmax} | {meets} |")
+                         f" | {r['harness_ff']} | {fmax} | {meets} | {_path_text(path)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -156,19 +202,27 @@ Commands: `make report` (all blocks, both families, a few minutes);
 """
 
 
-def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Path("docs"), log=print):
-    """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown."""
+def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Path("docs"), log=print,
+               reuse=False, boards_dir=Path("build/boards")):
+    """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown.
+
+    With ``reuse``, the figures of the last run (``build_dir/report.json``) are
+    formatted again without running the tools.
+    """
     families = families or list(FAMILIES)
-    results = []
-    total = len(blocks) * len(families)
-    for index, (name, factory) in enumerate(blocks.items()):
-        for family in families:
-            log(f"[{len(results) + 1}/{total}] {name} on {family} ...")
-            results.append(measure_block(name, factory, family, build_dir, log=log))
     build_dir = Path(build_dir)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "report.json").write_text(json.dumps(results, indent=2))
-    table = _markdown(results)
+    if reuse:
+        results = json.loads((build_dir / "report.json").read_text())
+    else:
+        results = []
+        total = len(blocks) * len(families)
+        for name, factory in blocks.items():
+            for family in families:
+                log(f"[{len(results) + 1}/{total}] {name} on {family} ...")
+                results.append(measure_block(name, factory, family, build_dir, log=log))
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / "report.json").write_text(json.dumps(results, indent=2))
+    table = _markdown(results, build_dir) + _boards_markdown(boards_dir)
     if docs is not None:
         (Path(docs) / "report.json").write_text(json.dumps(results, indent=2))
         (Path(docs) / "report.md").write_text(_REPORT_HEADER + table + _REPORT_FOOTER)

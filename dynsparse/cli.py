@@ -203,7 +203,7 @@ def cmd_report(args):
         if family not in FAMILIES:
             raise CommandError(f"unknown family {family!r}; families are: {', '.join(FAMILIES)}")
     run_report({name: (lambda name=name: make_block(name)) for name in names}, families=families,
-               docs=None if args.no_docs else Path("docs"))
+               docs=None if args.no_docs else Path("docs"), reuse=args.reuse)
 
 
 def cmd_run(args):
@@ -305,6 +305,8 @@ def build_parser():
     p.add_argument("--block", action="append", help="one block (repeatable; default: all)")
     p.add_argument("--family", action="append", help="ice40-up5k or ecp5-25f (repeatable; default: both)")
     p.add_argument("--no-docs", action="store_true", help="write only build/report, not docs/")
+    p.add_argument("--reuse", action="store_true",
+                   help="format the last run's figures again (and the last bitstreams') without running the tools")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("run", help="run an image through a board, save its density map")
