@@ -214,10 +214,16 @@ class HostLink(wiring.Component):
         idle_cycles = Signal(range(4 * timeout + 1))
         progress = ((self.rx.valid & self.rx.ready) | (self.tx.valid & self.tx.ready) |
                     (self.pixel.valid & self.pixel.ready) | (self.result.valid & self.result.ready))
-        with m.If(progress):
+        # The handshakes come out of the FSM's logic: they reset the count a cycle later, through
+        # a register, and `expired`/`aborted` ignore the count in that cycle, when it is stale.
+        moved = Signal()
+        m.d.sync += moved.eq(progress)
+        with m.If(moved):
             m.d.sync += idle_cycles.eq(0)
         with m.Elif(idle_cycles != 4 * timeout):
             m.d.sync += idle_cycles.eq(idle_cycles + 1)
+        expired = ~moved & (idle_cycles >= timeout)
+        aborted = ~moved & (idle_cycles == 4 * timeout)
 
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
@@ -231,6 +237,7 @@ class HostLink(wiring.Component):
         pixels_in    = Signal.like(frame_pixels)     # bytes written into the FIFO
         pixels_out   = Signal.like(frame_pixels)     # bytes taken by the pipeline
         results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
+        final_result = Signal()                       # results_in == last_pixel, kept as a flag
         filling      = Signal()                       # the rest of the frame is zeros
         aborting     = Signal()                       # the rest of the results are zeros
         timed_out    = Signal()
@@ -325,7 +332,7 @@ class HostLink(wiring.Component):
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
                                    "little")
         size_ok = (self.width >= self._min_width) & (self.height >= self._min_height)
-        packet_timeout = ~self.rx.valid & (idle_cycles >= timeout)
+        packet_timeout = ~self.rx.valid & expired
 
         with m.FSM():
             with m.State("IDLE"):
@@ -424,6 +431,7 @@ class HostLink(wiring.Component):
                         in_frame.eq(1),
                         frame_pixels.eq(total), last_pixel.eq(total - 1),
                         pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
+                        final_result.eq(total == 1),
                         writing.eq(1), taking.eq(1), awaiting.eq(1),
                         filling.eq(0), aborting.eq(0), timed_out.eq(0),
                     ]
@@ -474,10 +482,10 @@ class HostLink(wiring.Component):
                 result_full = Signal()
                 result_high = Signal()
                 waiting_host = writing & ~filling & fifo.w_rdy
-                with m.If(waiting_host & (idle_cycles >= timeout)):
+                with m.If(waiting_host & expired):
                     m.d.sync += [filling.eq(1), timed_out.eq(1)]
                     m.d.comb += raised[4].eq(1)
-                with m.If(idle_cycles == 4 * timeout):
+                with m.If(aborted):
                     m.d.sync += [filling.eq(1), aborting.eq(1), timed_out.eq(1)]
                     m.d.comb += raised[4].eq(1)
 
@@ -486,15 +494,17 @@ class HostLink(wiring.Component):
                 with m.If(~result_full & awaiting):
                     with m.If(aborting):
                         m.d.sync += [result_word.eq(0), result_full.eq(1),
-                                     results_in.eq(results_in + 1)]
-                        with m.If(results_in == last_pixel):
+                                     results_in.eq(results_in + 1),
+                                     final_result.eq(results_in + 1 == last_pixel)]
+                        with m.If(final_result):
                             m.d.sync += awaiting.eq(0)
                     with m.Else():
                         m.d.comb += self.result.ready.eq(1)
                         with m.If(self.result.valid):
                             m.d.sync += [result_word.eq(self.result.payload.data),
-                                         result_full.eq(1), results_in.eq(results_in + 1)]
-                            with m.If(results_in == last_pixel):
+                                         result_full.eq(1), results_in.eq(results_in + 1),
+                                         final_result.eq(results_in + 1 == last_pixel)]
+                            with m.If(final_result):
                                 m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
                 with m.If(result_full):
