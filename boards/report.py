@@ -108,7 +108,8 @@ def critical_path(report_path):
     except (OSError, ValueError, KeyError):
         return None
     def short(cell):
-        return re.sub(r"(_SB_|_TRELLIS_|_LUT4|_DFF|\$).*", "", cell)
+        name = re.sub(r"(_SB_|_TRELLIS_|_LUT4|_DFF|\$).*", "", cell)
+        return name if not name.endswith(".") else cell[:48]
     logic = sum(step["delay"] for step in path if step["type"] != "routing")
     routing = sum(step["delay"] for step in path if step["type"] == "routing")
     return {"from": short(path[0]["from"]["cell"]), "to": short(path[-1]["to"]["cell"]),
@@ -222,7 +223,7 @@ def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Pa
                 results.append(measure_block(name, factory, family, build_dir, log=log))
         build_dir.mkdir(parents=True, exist_ok=True)
         (build_dir / "report.json").write_text(json.dumps(results, indent=2))
-    table = _markdown(results, build_dir) + _boards_markdown(boards_dir)
+    table = _markdown(results, build_dir) + "\n" + _boards_markdown(boards_dir)
     if docs is not None:
         (Path(docs) / "report.json").write_text(json.dumps(results, indent=2))
         (Path(docs) / "report.md").write_text(_REPORT_HEADER + table + _REPORT_FOOTER)
