@@ -7,8 +7,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Elaboratable, Module
 
 from dynsparse.hdl.uart import UARTReceiver, UARTTransmitter
-from dynsparse.sim.pysim import run_simulation, stream_receive
-from dynsparse.sim.stalls import stall_pattern
+from dynsparse.sim.pysim import run_simulation, stream_receive, stream_send
 
 
 class Loopback(Elaboratable):
@@ -22,19 +21,6 @@ class Loopback(Elaboratable):
         m.submodules.receiver = self.receiver
         m.d.comb += self.receiver.rx.eq(self.transmitter.tx)
         return m
-
-
-async def send_bytes(ctx, stream, values, *, pattern="none", seed=0):
-    """``stream_send`` for a plain ``unsigned(8)`` payload (its helper needs a struct payload)."""
-    allow = stall_pattern(pattern, seed=seed)
-    for value in values:
-        while not next(allow):
-            ctx.set(stream.valid, 0)
-            await ctx.tick()
-        ctx.set(stream.valid, 1)
-        ctx.set(stream.payload, value)
-        await ctx.tick().until(stream.ready)
-    ctx.set(stream.valid, 0)
 
 
 def watch_flags(receiver, flags):
@@ -56,7 +42,7 @@ def test_8n1_loopback(divisor, src, sink):
     received, flags = {}, {"error": 0, "overrun": 0}
 
     async def send(ctx):
-        await send_bytes(ctx, dut.transmitter.i_stream, sent, pattern=src, seed=seed)
+        await stream_send(ctx, dut.transmitter.i_stream, sent, pattern=src, seed=seed)
 
     async def receive(ctx):
         received["bytes"] = await stream_receive(ctx, dut.receiver.o_stream, len(sent),
