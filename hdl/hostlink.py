@@ -426,19 +426,23 @@ class HostLink(wiring.Component):
             # here would take a DSP block from the pipeline.
             with m.State("FRAME_SIZE"):
                 with m.If(multiplier == 0):
-                    reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
-                    m.d.sync += [
-                        in_frame.eq(1),
-                        frame_pixels.eq(total), last_pixel.eq(total - 1),
-                        pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
-                        final_result.eq(total == 1),
-                        writing.eq(1), taking.eq(1), awaiting.eq(1),
-                        filling.eq(0), aborting.eq(0), timed_out.eq(0),
-                    ]
+                    m.next = "FRAME_START"
                 with m.Else():
                     with m.If(multiplier[0]):
                         m.d.sync += area.eq(area + multiplicand)
                     m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1)]
+
+            # The frame's counters start a cycle after the size is known (a shorter path).
+            with m.State("FRAME_START"):
+                reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
+                m.d.sync += [
+                    in_frame.eq(1),
+                    frame_pixels.eq(total), last_pixel.eq(total - 1),
+                    pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
+                    final_result.eq(total == 1),
+                    writing.eq(1), taking.eq(1), awaiting.eq(1),
+                    filling.eq(0), aborting.eq(0), timed_out.eq(0),
+                ]
 
             # ---- reply packet: magic, status, length, payload, CRC ----
             with m.State("REPLY_MAGIC"):
