@@ -371,8 +371,9 @@ class WindowGenerator(wiring.Component):
 
         # -------- stage 2: line buffer data registered (ECP5 absorbs this register into the
         # block RAM), slice assembled, column written back ---------------------------------------
-        def delayed(signal):
-            register = Signal.like(signal, name=signal.name.replace("sa_", "s1_"))
+        def delayed(signal, stage="s1_"):
+            """``signal`` one pipeline step later (loaded on ``advance``)."""
+            register = Signal.like(signal, name=stage + signal.name[3:])
             with m.If(advance):
                 m.d.sync += register.eq(signal)
             return register
@@ -411,14 +412,10 @@ class WindowGenerator(wiring.Component):
         # -------- stage 3: column shift register (slot j holds column offset j - r) ---------------
         columns  = [Signal(pixel_bits * k, name=f"column{j}") for j in range(k)]
         colpads  = [Signal(k, name=f"column_pad{j}") for j in range(k)]
-        s2_valid  = Signal()
-        s2_cols   = [Signal(index_shape, name=f"s2_col_index{j}") for j in range(k)]
-        s2_colpad = Signal(k)
-        s2_x      = Signal.like(xo)
-        s2_y      = Signal.like(yo)
-        s2_first  = Signal()
-        s2_last   = Signal()
-        s2_zero   = Signal()
+        s2_valid = delayed(s1_emit, "s2_")       # a window is complete at this position
+        s2_colpad, s2_x, s2_y, s2_first, s2_last, s2_zero = (
+            delayed(signal, "s2_") for signal in (s1_colpad, s1_x, s1_y, s1_first, s1_last, s1_zero))
+        s2_cols = [delayed(index, "s2_") for index in s1_cols]
         with m.If(advance):
             with m.If(s1_valid):
                 m.d.sync += [
@@ -427,16 +424,6 @@ class WindowGenerator(wiring.Component):
                 ]
                 m.d.sync += [columns[j].eq(columns[j + 1]) for j in range(k - 1)]
                 m.d.sync += [colpads[j].eq(colpads[j + 1]) for j in range(k - 1)]
-            m.d.sync += [
-                s2_valid.eq(s1_emit),
-                Cat(*s2_cols).eq(Cat(*s1_cols)),
-                s2_colpad.eq(s1_colpad),
-                s2_x.eq(s1_x),
-                s2_y.eq(s1_y),
-                s2_first.eq(s1_first),
-                s2_last.eq(s1_last),
-                s2_zero.eq(s1_zero),
-            ]
 
         # -------- stage 4: column remapping into the output register ----------------------------
         column_array = Array(columns)
