@@ -197,7 +197,9 @@ def test_mask_geometry():
 def test_bad_inputs():
     weights = np.zeros((1, 1, 3, 3), np.int64)
     with pytest.raises(ValueError, match=r"^weights must lie in \[-127, 127\], not \[-128, 0\]$"):
-        scale_weights(weights - 128, np.zeros((1, 3, 3)), prune_threshold=0)
+        bad = weights.copy()
+        bad[0, 0, 1, 1] = -128
+        scale_weights(bad, np.zeros((1, 3, 3)), prune_threshold=0)
     with pytest.raises(ValueError, match=r"^weights must have shape \[C_out, C_in, K, K\] with K odd, not \(1, 1, 2, 2\)$"):
         tap_lists(np.zeros((1, 1, 2, 2), np.int64), np.zeros((1, 2, 2)), prune_threshold=0)
     with pytest.raises(ValueError, match=r"^tile size must be a power of two in \[1, 64\], not 3$"):
