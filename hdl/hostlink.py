@@ -7,12 +7,12 @@ share one definition.
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..boards.protocol import (COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION,
                                REPLY_MAGIC, RESULT_BYTES, Command, Register, Status)
 from .frame import check_int, frame_layout
+from .skid import StreamFIFO
 
 
 __all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next"]
@@ -147,7 +147,7 @@ class HostLink(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         timeout = self._timeout_cycles
-        m.submodules.pixel_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._pixel_buffer)
+        m.submodules.pixel_fifo = fifo = StreamFIFO(unsigned(8), depth=self._pixel_buffer)
 
         # -------- registers, counters, error flags -------------------------------------------
         width_reg    = Signal(32)
@@ -246,21 +246,21 @@ class HostLink(wiring.Component):
 
         with m.If(writing):
             with m.If(filling):
-                m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(0)]
+                m.d.comb += [fifo.i_stream.valid.eq(1), fifo.i_stream.payload.eq(0)]
             with m.Elif(in_frame):
-                m.d.comb += [self.rx.ready.eq(fifo.w_rdy), fifo.w_en.eq(self.rx.valid),
-                             fifo.w_data.eq(self.rx.payload)]
-        with m.If(fifo.w_en & fifo.w_rdy):
+                m.d.comb += [self.rx.ready.eq(fifo.i_stream.ready), fifo.i_stream.valid.eq(self.rx.valid),
+                             fifo.i_stream.payload.eq(self.rx.payload)]
+        with m.If(fifo.i_stream.valid & fifo.i_stream.ready):
             m.d.sync += pixels_in.eq(pixels_in + 1)
             with m.If(pixels_in == last_pixel):
                 m.d.sync += writing.eq(0)
 
         m.d.comb += [
-            self.pixel.valid.eq(fifo.r_rdy),
-            self.pixel.payload.data.eq(fifo.r_data),
+            self.pixel.valid.eq(fifo.o_stream.valid),
+            self.pixel.payload.data.eq(fifo.o_stream.payload),
             self.pixel.payload.first.eq(pixels_out == 0),
             self.pixel.payload.last.eq(pixels_out == last_pixel),
-            fifo.r_en.eq(self.pixel.ready),
+            fifo.o_stream.ready.eq(self.pixel.ready),
         ]
         counting = Signal()
         cycle_count = Signal(32)
@@ -485,7 +485,7 @@ class HostLink(wiring.Component):
                 result_word = Signal(16)
                 result_full = Signal()
                 result_high = Signal()
-                waiting_host = writing & ~filling & fifo.w_rdy
+                waiting_host = writing & ~filling & fifo.i_stream.ready
                 with m.If(waiting_host & expired):
                     m.d.sync += [filling.eq(1), timed_out.eq(1)]
                     m.d.comb += raised[4].eq(1)

@@ -388,7 +388,7 @@ class WindowGenerator(wiring.Component):
         # comes from the input, the K-1 older ones from the line buffer.
         if k > 1:
             line_buffer = Memory(shape=data.ArrayLayout(pixel_bits, k - 1),
-                                 depth=self._max_width, init=[])
+                                 depth=self._max_width, init=[], attrs={"no_rw_check": 1})
             m.submodules.line_buffer = line_buffer
             rd = line_buffer.read_port(domain="sync")
             wr = line_buffer.write_port()
