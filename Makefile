@@ -6,7 +6,7 @@ BLOCK     ?=
 SIM       ?= icarus
 ARGS      ?=
 
-.PHONY: install test verilog sim demo bitstream flash report run list clean
+.PHONY: install test verilog sim demo bench bitstream flash report run list clean
 BOARD     ?= icebreaker
 PORT      ?= /dev/ttyUSB1
 
@@ -27,6 +27,9 @@ sim:
 
 demo:
 	$(DYNSPARSE) demo $(ARGS)
+
+bench:
+	$(DYNSPARSE) bench $(ARGS)
 
 bitstream:
 	$(DYNSPARSE) bitstream --board $(BOARD) $(ARGS)

@@ -6,6 +6,7 @@ Every Makefile target is one of these sub-commands::
     dynsparse verilog [--block B] [--kernel-size 5 ...]
     dynsparse sim --block B --sim icarus|verilator [--waves]
     dynsparse demo                       # density maps of real images, from RTL simulation
+    dynsparse bench                      # sparse against dense convolution on real images
 """
 
 import argparse
@@ -168,6 +169,31 @@ def cmd_demo(args):
                     out=Path(args.out))
 
 
+def cmd_bench(args):
+    """Sparse against dense convolution on real images: MACs, cycles, speedup, skip maps."""
+    from dynsparse.golden.images import IMAGE_NAMES
+    from dynsparse.sim.bench import BENCH_IMAGES, run_bench
+    images = args.image or list(BENCH_IMAGES)
+    for name in images:
+        if name not in IMAGE_NAMES:
+            raise CommandError(f"unknown image {name!r}; images are: {', '.join(IMAGE_NAMES)}")
+    thresholds = args.threshold or [0, 32, 64, 128]
+    for value in thresholds:
+        if not 0 <= value <= 511:
+            raise CommandError(f"prune threshold must be in [0, 511] (UQ1.8), not {value}")
+    lanes = args.lanes or [8, 2]
+    for value in lanes:
+        if not 1 <= value <= 8:
+            raise CommandError(f"lane count must be in [1, 8] (the layer has 8 output channels), not {value}")
+    tiles = args.tile_size or [1, 4]
+    for value in tiles:
+        if value < 1 or value & (value - 1) or value > 64:
+            raise CommandError(f"tile size must be a power of two in [1, 64], not {value}")
+    run_bench(images=images, thresholds=thresholds, lanes=lanes, tile_sizes=tiles,
+              docs=None if args.no_docs else Path("docs"))
+    return 0
+
+
 def cmd_bitstream(args):
     """Build a board's bitstream with the YoWASP tools; fail if timing is not met."""
     from dynsparse.boards.build import BuildFailed, build_bitstream, BOARDS
@@ -290,6 +316,15 @@ def build_parser():
     p.add_argument("--ref-std", type=float, default=24.0, help="reference standard deviation (density 1.0)")
     p.add_argument("--out", default="docs/images", help="output folder (default: docs/images)")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("bench", help="sparse against dense convolution on real images (docs/bench.md)")
+    p.add_argument("--image", action="append", help="image name (repeatable; default: camera, text, page, "
+                                                    "hubble_deep_field)")
+    p.add_argument("--threshold", action="append", type=int, help="prune threshold, UQ1.8 (repeatable)")
+    p.add_argument("--lanes", action="append", type=int, help="multiplier lanes (repeatable; default 8 and 2)")
+    p.add_argument("--tile-size", action="append", type=int, help="tile size (repeatable; default 1 and 4)")
+    p.add_argument("--no-docs", action="store_true", help="write only build/bench, not docs/")
+    p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("bitstream", help="build a board's bitstream (YoWASP tools)")
     p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f, ulx3s-25f, ...")

@@ -1,0 +1,239 @@
+"""``dynsparse bench``: what density-shaped kernels and padding skips buy on real images.
+
+For every image and prune threshold the bit-exact models of the density
+unit, the kernel scaler and the sparse convolution engine
+(:mod:`dynsparse.golden`) give the tap lists, the accumulators and the
+engine's counters; the engine's cycle counts are the ones its counters
+report (the RTL is checked against the same formula, cycle for cycle, by the
+tests). Figures written: ``build/bench/bench.json``, ``docs/bench.md`` and a
+skip map per image in ``docs/images/skipmap.png``.
+
+Speedup is ``dense cycles / sparse cycles`` of the same engine; the ideal is
+``dense MACs / performed MACs``. The engine passes at most one output
+position per cycle (its input, the window generator, delivers one window per
+cycle), so the ideal it can reach is also reported bounded by that rate.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..golden.density import density_map, density_map_float, inv_ref_var
+from ..golden.images import real_image
+from ..golden.sparseconv import (
+    conv_float, dense_tap_lists, expand_tiles, sparse_conv, tap_densities, tap_densities_float, tap_lists,
+)
+
+
+__all__ = ["BENCH_IMAGES", "FILTER_BANK", "filter_bank", "bench_image", "run_bench"]
+
+BENCH_IMAGES = ("camera", "text", "page", "hubble_deep_field")
+#: Largest side measured: larger images are centre-cropped (hubble_deep_field is 872×1000).
+MAX_SIDE = 512
+
+#: The eight 3×3 output channels of the benchmark layer (int8, C_in = 1).
+FILTER_BANK = {
+    "sobel_x":   32 * np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+    "sobel_y":   32 * np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]]),
+    "laplacian": 31 * np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]]),
+    "gaussian":  31 * np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]),
+    "sharpen":   25 * np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]),
+    "diagonal":  40 * np.array([[2, 1, 0], [1, 0, -1], [0, -1, -2]]),
+    "box":       np.full((3, 3), 127),
+    "random":    np.random.default_rng(2024).integers(-127, 128, size=(3, 3)),
+}
+
+
+def filter_bank():
+    """The benchmark layer's weights, int64 ``[8, 1, 3, 3]``."""
+    return np.stack(list(FILTER_BANK.values()))[:, None].astype(np.int64)
+
+
+def _image(name, max_side=MAX_SIDE):
+    image = real_image(name)
+    height, width = image.shape
+    size = (min(height, max_side), min(width, max_side))
+    return real_image(name, size=size) if size != image.shape else image
+
+
+def _rel_rms(value, reference):
+    scale = math.sqrt(float(np.mean(reference ** 2))) or 1.0
+    return math.sqrt(float(np.mean((value - reference) ** 2))) / scale
+
+
+def bench_image(name, *, thresholds, lanes, tile_sizes=(1,), ref_std=24.0, pad_mode="zero",
+                max_side=MAX_SIDE, log=print):
+    """Measure one image, centre-cropped to ``max_side``; returns ``(rows, frame, skip maps by threshold)``."""
+    frame = _image(name, max_side)
+    height, width = frame.shape
+    weights = filter_bank()
+    c_out, _, k, _ = weights.shape
+    density = density_map(frame[..., None], kernel_size=k, inv_ref_var=inv_ref_var(ref_std))
+    density_f = density_map_float(frame[..., None], kernel_size=k, ref_std=ref_std)
+    _, dense_counts = sparse_conv(frame, dense_tap_lists(weights, (height, width)), kernel_size=k,
+                                  pad_mode=pad_mode, dense=True, lanes=c_out)
+    dense_cycles = {lane: sparse_conv_cycles(dense_counts["active"], lane) for lane in lanes}
+    rows, skip_maps = [], {}
+    for tile in tile_sizes:
+        reference = conv_float(frame, weights, tap_densities_float(density_f, kernel_size=k, tile_size=tile),
+                               pad_mode=pad_mode, tile_size=tile)
+        for threshold in thresholds:
+            started = time.monotonic()
+            lists = expand_tiles(tap_lists(weights, tap_densities(density, kernel_size=k, tile_size=tile),
+                                           prune_threshold=threshold),
+                                 height=height, width=width, tile_size=tile)
+            acc, counts = sparse_conv(frame, lists, kernel_size=k, pad_mode=pad_mode, lanes=c_out)
+            pruned_f = conv_float(frame, weights,
+                                  tap_densities_float(density_f, kernel_size=k, tile_size=tile),
+                                  prune_threshold=threshold / 256, pad_mode=pad_mode, tile_size=tile)
+            ideal = counts["dense"] / max(counts["performed"], 1)
+            row = {
+                "image": name, "height": height, "width": width, "tile_size": tile,
+                "prune_threshold": threshold, "prune_threshold_float": threshold / 256,
+                "density_mean": float(density.mean() / 256),
+                "density_below_threshold": float(np.mean(density < threshold)),
+                "dense_macs": counts["dense"], "performed_macs": counts["performed"],
+                "skipped_pruned": counts["pruned"], "skipped_zero": counts["zero"],
+                "skipped_padding": counts["padding"],
+                "ideal_speedup": ideal,
+                "error_vs_float_scaled": _rel_rms(acc, reference),
+                "error_vs_float_same_pruning": _rel_rms(acc, pruned_f),
+                "max_abs_error_same_pruning": float(np.abs(acc - pruned_f).max()),
+                "lanes": {},
+            }
+            for lane in lanes:
+                sparse = sparse_conv_cycles(counts["active"], lane)
+                speedup = dense_cycles[lane] / sparse
+                floor = dense_cycles[lane] / (height * width)        # one position per cycle
+                row["lanes"][str(lane)] = {
+                    "dense_cycles": dense_cycles[lane], "sparse_cycles": sparse,
+                    "speedup": speedup,
+                    "fraction_of_ideal": speedup / ideal,
+                    "ideal_at_one_position_per_cycle": min(ideal, floor),
+                    "fraction_of_rate_bounded_ideal": speedup / min(ideal, floor),
+                    "dense_lane_busy": counts["dense"] / (lane * dense_cycles[lane]),
+                    "sparse_lane_busy": counts["performed"] / (lane * sparse),
+                }
+            rows.append(row)
+            if tile == tile_sizes[0]:
+                skip_maps[threshold] = 1 - counts["active"].sum(axis=-1) / (c_out * weights[0].size)
+            lane_text = ", ".join(f"L={lane}: {row['lanes'][str(lane)]['speedup']:.2f}× "
+                                  f"({row['lanes'][str(lane)]['fraction_of_ideal']:.0%} of ideal)"
+                                  for lane in lanes)
+            log(f"  {name:18} T={tile} threshold {threshold:3}: MACs {counts['performed']:>9,} of "
+                f"{counts['dense']:>9,} (ideal {ideal:5.2f}×), {lane_text}, "
+                f"error {row['error_vs_float_scaled']:.4f} [{time.monotonic() - started:.1f} s]")
+    return rows, frame, skip_maps
+
+
+def sparse_conv_cycles(active, lanes):
+    from ..golden.sparseconv import cycles_per_position
+    return int(cycles_per_position(active, lanes=lanes).sum())
+
+
+def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
+    lines = [
+        "# Sparse convolution benchmark",
+        "",
+        f"Written by `{command}`; the same figures are in `build/bench/bench.json`.",
+        "",
+        "## Set-up",
+        "",
+        "- Layer: 3×3, one input channel, eight output channels: "
+        + ", ".join(f"`{name}`" for name in FILTER_BANK) + " (int8, `sim/bench.py`).",
+        f"- Density: K = 3, reference std {ref_std:g}; padding `{pad_mode}` (padding taps skipped).",
+        f"- Prune thresholds (UQ1.8): {', '.join(str(t) for t in thresholds)} "
+        f"(= {', '.join(f'{t / 256:g}' for t in thresholds)}); tile size 1 unless marked.",
+        f"- Engine: {' and '.join(str(lane) for lane in lanes)} lanes; cycles from the engine's cycle "
+        "formula (`max(1, Σ_groups max active)` per position), which the RTL's `cycles` counter matches.",
+        "- Images larger than 512 pixels a side are centre-cropped to 512.",
+        "- *error*: RMS of (integer sparse output − float reference with float densities, scaled, "
+        "unpruned) / RMS(reference): the accuracy cost of pruning plus fixed point. *fixed point*: "
+        "the same against the float reference pruned at the same threshold.",
+        "- *ideal* = dense MACs / performed MACs; *bounded* = the ideal capped at one output position "
+        "per cycle (the engine's input rate).",
+        "",
+        "## Results",
+        "",
+    ]
+    header = ["image", "T", "threshold", "mean density", "below thr.", "performed / dense MACs",
+              "pruned", "zero", "padding", "ideal"]
+    for lane in lanes:
+        header += [f"L={lane} dense cyc.", f"L={lane} sparse cyc.", f"L={lane} speedup",
+                   f"L={lane} of ideal", f"L={lane} of bounded"]
+    header += ["error", "fixed point"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["image"], str(row["tile_size"]), str(row["prune_threshold"]),
+                 f"{row['density_mean']:.3f}", f"{row['density_below_threshold']:.1%}",
+                 f"{row['performed_macs']:,} / {row['dense_macs']:,}",
+                 f"{row['skipped_pruned']:,}", f"{row['skipped_zero']:,}", f"{row['skipped_padding']:,}",
+                 f"{row['ideal_speedup']:.2f}×"]
+        for lane in lanes:
+            figures = row["lanes"][str(lane)]
+            cells += [f"{figures['dense_cycles']:,}", f"{figures['sparse_cycles']:,}",
+                      f"{figures['speedup']:.2f}×", f"{figures['fraction_of_ideal']:.0%}",
+                      f"{figures['fraction_of_rate_bounded_ideal']:.0%}"]
+        cells += [f"{row['error_vs_float_scaled']:.4f}", f"{row['error_vs_float_same_pruning']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Lanes busy on dense work", ""]
+    for lane in lanes:
+        busy = rows[0]["lanes"][str(lane)]["dense_lane_busy"]
+        lines.append(f"- {lane} lanes: {busy:.1%} of lane-cycles perform a MAC in dense mode.")
+    lines += ["", "## Skip maps", "",
+              "![skip maps](images/skipmap.png)", "",
+              "Fraction of the layer's multiplications skipped at each output pixel "
+              f"(threshold {thresholds[len(thresholds) // 2]}), beside the image.", ""]
+    return "\n".join(lines)
+
+
+def _skip_figure(frames, skip_maps, threshold, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(frames), 2, figsize=(7, 3.3 * len(frames)), squeeze=False)
+    for row, (name, frame) in enumerate(frames.items()):
+        skip = skip_maps[name][threshold]
+        axes[row, 0].imshow(frame, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(f"{name} ({frame.shape[0]}×{frame.shape[1]})", fontsize=9)
+        shown = axes[row, 1].imshow(skip, cmap="viridis", vmin=0, vmax=1)
+        axes[row, 1].set_title(f"multiplications skipped, threshold {threshold / 256:g}\n"
+                               f"{skip.mean():.0%} of the layer's MACs skipped", fontsize=9)
+        figure.colorbar(shown, ax=axes[row, 1], fraction=0.046)
+        for axis in axes[row]:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run_bench(*, images=BENCH_IMAGES, thresholds=(0, 32, 64, 128), lanes=(8, 2), tile_sizes=(1, 4),
+              ref_std=24.0, pad_mode="zero", out=Path("build/bench"), docs=Path("docs"), log=print,
+              command="make bench"):
+    """Run the benchmark, write JSON, Markdown and the skip maps; return the rows."""
+    rows, frames, skip_maps = [], {}, {}
+    log(f"benchmark: {len(images)} images × {len(thresholds)} thresholds × tile sizes "
+        f"{', '.join(map(str, tile_sizes))}, lanes {', '.join(map(str, lanes))}")
+    for name in images:
+        image_rows, frame, maps = bench_image(name, thresholds=thresholds, lanes=lanes, tile_sizes=tile_sizes,
+                                              ref_std=ref_std, pad_mode=pad_mode, log=log)
+        rows += image_rows
+        frames[name], skip_maps[name] = frame, maps
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"config": {"images": list(images), "thresholds": list(thresholds), "lanes": list(lanes),
+                         "tile_sizes": list(tile_sizes), "ref_std": ref_std, "pad_mode": pad_mode,
+                         "filters": {name: f.tolist() for name, f in FILTER_BANK.items()}},
+              "rows": rows}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    if docs is not None:
+        (docs / "bench.md").write_text(_markdown(rows, lanes=lanes, thresholds=thresholds, ref_std=ref_std,
+                                                 pad_mode=pad_mode, command=command))
+        _skip_figure(frames, skip_maps, thresholds[len(thresholds) // 2], docs / "images" / "skipmap.png")
+        log(f"wrote {out / 'bench.json'}, {docs / 'bench.md'}, {docs / 'images' / 'skipmap.png'}")
+    return rows

@@ -1,0 +1,43 @@
+"""The benchmark's figures on a small crop: consistent with each other and with the models."""
+
+import numpy as np
+import pytest
+
+from dynsparse.cli import main
+from dynsparse.sim.bench import bench_image, filter_bank
+
+
+def test_bench_figures_are_consistent():
+    rows, frame, skip_maps = bench_image("camera", thresholds=(0, 64, 511), lanes=(8, 2), tile_sizes=(1, 4),
+                                         max_side=24, log=lambda *_: None)
+    assert frame.shape == (24, 24) and len(rows) == 6
+    weights = filter_bank()
+    for row in rows:
+        assert row["dense_macs"] == 24 * 24 * weights.size
+        assert row["performed_macs"] + row["skipped_pruned"] + row["skipped_zero"] + \
+            row["skipped_padding"] == row["dense_macs"]
+        assert row["lanes"]["8"]["dense_cycles"] == 24 * 24 * 9
+        assert row["lanes"]["2"]["dense_cycles"] == 24 * 24 * 4 * 9
+        assert row["lanes"]["8"]["dense_lane_busy"] == 1.0
+        for figures in row["lanes"].values():
+            assert figures["sparse_cycles"] <= figures["dense_cycles"]
+            assert figures["fraction_of_ideal"] <= 1.0 + 1e-12
+    everything = [row for row in rows if row["prune_threshold"] == 511]
+    assert all(row["performed_macs"] == 0 for row in everything)
+    assert all(row["lanes"]["8"]["sparse_cycles"] == 24 * 24 for row in everything)   # one cycle each
+    assert np.all(skip_maps[511] == 1.0)
+    # zero padding: the border's padding taps are skipped at threshold 0
+    assert rows[0]["skipped_padding"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "lena"], r"unknown image 'lena'"),
+    (["--threshold", "512"], r"prune threshold must be in \[0, 511\] \(UQ1\.8\), not 512"),
+    (["--lanes", "0"], r"lane count must be in \[1, 8\] \(the layer has 8 output channels\), not 0"),
+    (["--tile-size", "3"], r"tile size must be a power of two in \[1, 64\], not 3"),
+])
+def test_bench_cli_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *args])
+    assert exit_info.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
