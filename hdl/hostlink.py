@@ -196,13 +196,20 @@ class HostLink(wiring.Component):
         send_byte = Signal(8)
         crc_op    = Signal(2)        # 0: include the byte, 1: leave the CRC, 2: restart at 0
         tx_crc    = Signal(8)
+        # The CRC takes in a byte a cycle after it is loaded, from the tx register: the choice of
+        # the byte (a multiplexer over the states) stays out of the CRC's logic. A state that
+        # sends the CRC waits while a byte is still pending (`crc_busy`).
+        crc_busy  = Signal()
+        crc_todo  = Signal(2)
         with m.If(self.tx.ready):
             m.d.sync += self.tx.valid.eq(0)
+        m.d.sync += crc_busy.eq(send)
         with m.If(send):
-            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(send_byte)]
-            with m.Switch(crc_op):
+            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(send_byte), crc_todo.eq(crc_op)]
+        with m.If(crc_busy):
+            with m.Switch(crc_todo):
                 with m.Case(0):
-                    m.d.sync += tx_crc.eq(crc8_next(tx_crc, send_byte))
+                    m.d.sync += tx_crc.eq(crc8_next(tx_crc, self.tx.payload))
                 with m.Case(2):
                     m.d.sync += tx_crc.eq(0)
 
@@ -218,17 +225,25 @@ class HostLink(wiring.Component):
         # a register, and `expired`/`aborted` ignore the count in that cycle, when it is stale.
         moved = Signal()
         m.d.sync += moved.eq(progress)
+        # `long_idle` and `at_limit` are idle_cycles >= timeout and == 4·timeout, kept as flags
+        # (set from the count before its increment) so no wide comparison sits in the FSM's paths.
+        long_idle = Signal()
+        at_limit = Signal()
         with m.If(moved):
-            m.d.sync += idle_cycles.eq(0)
-        with m.Elif(idle_cycles != 4 * timeout):
-            m.d.sync += idle_cycles.eq(idle_cycles + 1)
-        expired = ~moved & (idle_cycles >= timeout)
-        aborted = ~moved & (idle_cycles == 4 * timeout)
+            m.d.sync += [idle_cycles.eq(0), long_idle.eq(0), at_limit.eq(0)]
+        with m.Else():
+            with m.If(~at_limit):
+                m.d.sync += idle_cycles.eq(idle_cycles + 1)
+            m.d.sync += [long_idle.eq(idle_cycles >= timeout - 1),
+                         at_limit.eq(idle_cycles >= 4 * timeout - 1)]
+        expired = ~moved & long_idle
+        aborted = ~moved & at_limit
 
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
         frame_pixels = Signal(range(max_pixels + 1))
         last_pixel   = Signal.like(frame_pixels)     # frame_pixels - 1
+        before_last  = Signal.like(frame_pixels)     # frame_pixels - 2 (modulo), for final_result
         # "pixels_in != frame_pixels" and the like, kept as flags: wide comparisons in the
         # handshake paths would be the critical path.
         writing      = Signal()                       # pixels still to enter the FIFO
@@ -280,12 +295,19 @@ class HostLink(wiring.Component):
         # of the packet logic's timing paths.
         rx_got = self.rx.valid
         rx_crc = Signal(8)
-        command = Signal(8)
-        length = Signal(8)
-        payload_index = Signal(8)
+        # What EXECUTE decides on is decoded as the bytes arrive, into flags: the command (one
+        # flag per command), the length (0, 1 or 5), the register address, the CRC check.
+        is_ping, is_write, is_read, is_run = (Signal(name=f"is_{n}") for n in ("ping", "write", "read", "run"))
+        length_0, length_1, length_5 = Signal(), Signal(), Signal()
+        payload_left = Signal(8)     # payload bytes still to come
+        payload_last = Signal()      # payload_left == 1
+        slot = Signal(5)             # one-hot: which of the first 5 payload bytes comes next
         payload = Signal(40)         # the first 5 payload bytes: address, u32 value
         address = payload[0:8]
         value = payload[8:40]
+        writable = {name: Signal(name=f"writes_{name.lower()}") for name in
+                    ("WIDTH", "HEIGHT", "INV_REF_VAR", "PAD_MODE", "CONTROL")}
+        crc_ok = Signal()
 
         reply_status = Signal(8)
         reply_length = Signal(4)
@@ -331,7 +353,8 @@ class HostLink(wiring.Component):
 
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
                                    "little")
-        size_ok = (self.width >= self._min_width) & (self.height >= self._min_height)
+        size_ok = Signal()           # registered: the size ports settle long before RUN_FRAME
+        m.d.sync += size_ok.eq((self.width >= self._min_width) & (self.height >= self._min_height))
         packet_timeout = ~self.rx.valid & expired
 
         with m.FSM():
@@ -351,76 +374,88 @@ class HostLink(wiring.Component):
                     with m.If(rx_got):
                         m.d.sync += rx_crc.eq(crc8_next(rx_crc, rx_byte))
                         if state == "COMMAND":
-                            m.d.sync += command.eq(rx_byte)
+                            m.d.sync += [is_ping.eq(rx_byte == Command.PING),
+                                         is_write.eq(rx_byte == Command.WRITE_REG),
+                                         is_read.eq(rx_byte == Command.READ_REG),
+                                         is_run.eq(rx_byte == Command.RUN_FRAME)]
                             m.next = "LENGTH"
                         elif state == "LENGTH":
-                            m.d.sync += [length.eq(rx_byte), payload_index.eq(0)]
+                            m.d.sync += [length_0.eq(rx_byte == 0), length_1.eq(rx_byte == 1),
+                                         length_5.eq(rx_byte == 5), payload_left.eq(rx_byte),
+                                         payload_last.eq(rx_byte == 1), slot.eq(1)]
                             m.next = "PAYLOAD"
                             with m.If(rx_byte == 0):
                                 m.next = "CHECK"
                         elif state == "PAYLOAD":
                             for i in range(5):
-                                with m.If(payload_index == i):
+                                with m.If(slot[i]):
                                     m.d.sync += payload[8 * i:8 * i + 8].eq(rx_byte)
-                            m.d.sync += payload_index.eq(payload_index + 1)
-                            with m.If(payload_index == length - 1):
+                            with m.If(slot[0]):
+                                m.d.sync += [flag.eq(rx_byte == Register[name])
+                                             for name, flag in writable.items()]
+                            m.d.sync += [slot.eq(slot << 1), payload_left.eq(payload_left - 1),
+                                         payload_last.eq(payload_left == 2)]
+                            with m.If(payload_last):
                                 m.next = "CHECK"
                         else:
-                            with m.If(rx_byte == rx_crc):
-                                m.next = "EXECUTE"
-                            with m.Else():
-                                m.d.comb += raised[3].eq(1)
-                                reply(Status.BAD_CRC)
+                            m.d.sync += crc_ok.eq(rx_byte == rx_crc)
+                            m.next = "VERIFY"
                     with m.Elif(packet_timeout):
                         m.d.comb += raised[2].eq(1)
                         reply(Status.TIMEOUT)
 
+            # The CRC byte is checked a cycle after it arrives (the comparison is registered).
+            with m.State("VERIFY"):
+                with m.If(crc_ok):
+                    m.next = "EXECUTE"
+                with m.Else():
+                    m.d.comb += raised[3].eq(1)
+                    reply(Status.BAD_CRC)
+
             with m.State("EXECUTE"):
-                with m.Switch(command):
-                    with m.Case(Command.PING):
-                        with m.If(length != 0):
-                            reply(Status.BAD_LENGTH)
-                        with m.Else():
-                            reply(Status.OK, 8, "ping")
-                    with m.Case(Command.WRITE_REG):
-                        with m.If(length != 5):
-                            reply(Status.BAD_LENGTH)
-                        with m.Else():
-                            reply(Status.OK)
-                            with m.Switch(address):
-                                with m.Case(Register.WIDTH):
-                                    m.d.sync += width_reg.eq(value)
-                                with m.Case(Register.HEIGHT):
-                                    m.d.sync += height_reg.eq(value)
-                                with m.Case(Register.INV_REF_VAR):
-                                    m.d.sync += inv_ref_var.eq(value)
-                                with m.Case(Register.PAD_MODE):
-                                    m.d.sync += pad_mode.eq(value)
-                                with m.Case(Register.CONTROL):
-                                    m.d.comb += clear.eq(value[0])
-                                with m.Default():
-                                    reply(Status.BAD_REGISTER)
-                    with m.Case(Command.READ_REG):
-                        with m.If(length != 1):
-                            reply(Status.BAD_LENGTH)
-                        with m.Elif(read_ok_q):
-                            reply(Status.OK, 4, "register")
+                with m.If(is_ping):
+                    with m.If(~length_0):
+                        reply(Status.BAD_LENGTH)
+                    with m.Else():
+                        reply(Status.OK, 8, "ping")
+                with m.Elif(is_write):
+                    with m.If(~length_5):
+                        reply(Status.BAD_LENGTH)
+                    with m.Else():
+                        reply(Status.OK)
+                        with m.If(writable["WIDTH"]):
+                            m.d.sync += width_reg.eq(value)
+                        with m.Elif(writable["HEIGHT"]):
+                            m.d.sync += height_reg.eq(value)
+                        with m.Elif(writable["INV_REF_VAR"]):
+                            m.d.sync += inv_ref_var.eq(value)
+                        with m.Elif(writable["PAD_MODE"]):
+                            m.d.sync += pad_mode.eq(value)
+                        with m.Elif(writable["CONTROL"]):
+                            m.d.comb += clear.eq(value[0])
                         with m.Else():
                             reply(Status.BAD_REGISTER)
-                    with m.Case(Command.RUN_FRAME):
-                        with m.If(length != 0):
-                            reply(Status.BAD_LENGTH)
-                        with m.Elif(~size_ok):
+                with m.Elif(is_read):
+                    with m.If(~length_1):
+                        reply(Status.BAD_LENGTH)
+                    with m.Elif(read_ok_q):
+                        reply(Status.OK, 4, "register")
+                    with m.Else():
+                        reply(Status.BAD_REGISTER)
+                with m.Elif(is_run):
+                    with m.If(~length_0):
+                        reply(Status.BAD_LENGTH)
+                    with m.Elif(~size_ok):
                             reply(Status.BAD_FRAME_SIZE)
-                        with m.Elif(taking):
-                            # The previous frame's pixels are still not taken: the pipeline hangs.
-                            reply(Status.TIMEOUT)
-                        with m.Else():
-                            m.d.sync += [area.eq(0), multiplicand.eq(self.width),
-                                         multiplier.eq(self.height)]
-                            m.next = "FRAME_SIZE"
-                    with m.Default():
-                        reply(Status.UNKNOWN_COMMAND)
+                    with m.Elif(taking):
+                        # The previous frame's pixels are still not taken: the pipeline hangs.
+                        reply(Status.TIMEOUT)
+                    with m.Else():
+                        m.d.sync += [area.eq(0), multiplicand.eq(self.width),
+                                     multiplier.eq(self.height)]
+                        m.next = "FRAME_SIZE"
+                with m.Else():
+                    reply(Status.UNKNOWN_COMMAND)
 
             # width · height by shift and add, one bit of the height per cycle: a multiplier
             # here would take a DSP block from the pipeline.
@@ -437,7 +472,7 @@ class HostLink(wiring.Component):
                 reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
                 m.d.sync += [
                     in_frame.eq(1),
-                    frame_pixels.eq(total), last_pixel.eq(total - 1),
+                    frame_pixels.eq(total), last_pixel.eq(total - 1), before_last.eq(total - 2),
                     pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
                     final_result.eq(total == 1),
                     writing.eq(1), taking.eq(1), awaiting.eq(1),
@@ -474,7 +509,7 @@ class HostLink(wiring.Component):
                     with m.If(reply_index == reply_length - 1):
                         m.next = "REPLY_CRC"
             with m.State("REPLY_CRC"):
-                with m.If(can_send):
+                with m.If(can_send & ~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
                     m.next = "IDLE"
                     with m.If(frame_after):
@@ -499,7 +534,7 @@ class HostLink(wiring.Component):
                     with m.If(aborting):
                         m.d.sync += [result_word.eq(0), result_full.eq(1),
                                      results_in.eq(results_in + 1),
-                                     final_result.eq(results_in + 1 == last_pixel)]
+                                     final_result.eq(results_in == before_last)]
                         with m.If(final_result):
                             m.d.sync += awaiting.eq(0)
                     with m.Else():
@@ -507,7 +542,7 @@ class HostLink(wiring.Component):
                         with m.If(self.result.valid):
                             m.d.sync += [result_word.eq(self.result.payload.data),
                                          result_full.eq(1), results_in.eq(results_in + 1),
-                                         final_result.eq(results_in + 1 == last_pixel)]
+                                         final_result.eq(results_in == before_last)]
                             with m.If(final_result):
                                 m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
@@ -527,7 +562,7 @@ class HostLink(wiring.Component):
                     m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
                     m.next = "TRAILER_CRC"
             with m.State("TRAILER_CRC"):
-                with m.If(can_send):
+                with m.If(can_send & ~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
                     m.d.sync += frames.eq(frames + 1)
                     m.next = "IDLE"

@@ -223,10 +223,19 @@ class WindowGenerator(wiring.Component):
 
         size_ok = ((self.width >= self.min_width) & (self.width <= self._max_width) &
                    (self.height >= r + 1) & (self.height <= self._max_height))
-        x_end       = x_left == 0
-        needs_input = (y_left >= 0) & ~filling
-        last_input  = (y_left == 0) & x_end
-        last_position = (y_left == -(r + 1)) & (xi == r - 1) if r else last_input
+        # The tests of the counters are flags, set when the counters are loaded from their next
+        # values' conditions: the stepping logic sees flip-flops, not comparators.
+        x_end    = Signal()           # x_left == 0
+        xo_end   = Signal()           # xo_left == 0
+        width_1  = Signal()           # width_m1 == 0
+        y_inside = Signal()           # y_left >= 0: the position takes an input pixel
+        y_final  = Signal()           # y_left == 0: the frame's last row of input
+        y_over   = Signal()           # y_left == -(r + 1): the last flush row
+        xi_emit  = Signal()           # xi == r - 1
+        yi_emit  = Signal()           # yi == r
+        needs_input = y_inside & ~filling
+        last_input  = y_final & x_end
+        last_position = y_over & xi_emit if r else last_input
         i_payload = self.i_stream.payload
 
         with m.FSM():
@@ -243,6 +252,10 @@ class WindowGenerator(wiring.Component):
                             rows_above.eq(0), rows_below.eq(r),
                             emit.eq(r == 0),
                             filling.eq(0), at_start.eq(1),
+                            x_end.eq(self.width == 1), xo_end.eq(self.width == 1),
+                            width_1.eq(self.width == 1),
+                            y_inside.eq(1), y_final.eq(self.height == 1), y_over.eq(0),
+                            xi_emit.eq(r == 1), yi_emit.eq(r == 0),
                         ]
                         with m.If(size_ok):
                             m.next = "RUN"
@@ -289,19 +302,25 @@ class WindowGenerator(wiring.Component):
                         m.d.sync += [
                             xi.eq(0), x_left.eq(width_m1),
                             yi.eq(yi + 1), y_left.eq(y_left - 1),
+                            x_end.eq(width_1), xi_emit.eq(r == 1), yi_emit.eq(yi == r - 1),
+                            y_inside.eq(y_left >= 1), y_final.eq(y_left == 1),
+                            y_over.eq(y_left == -r),
                             # the next slice's centre row is yi + 1 - r
                             rows_above.eq(saturate(Mux(yi + 1 < r, 0, yi + 1 - r), r)),
                             rows_below.eq(Mux(y_left + (r - 1) < 0, 0, saturate(y_left + (r - 1), r))),
                         ]
                     with m.Else():
-                        m.d.sync += [xi.eq(xi + 1), x_left.eq(x_left - 1)]
-                    with m.If((yi == r) & (xi == r - 1) if r else C(0)):
+                        m.d.sync += [xi.eq(xi + 1), x_left.eq(x_left - 1),
+                                     x_end.eq(x_left == 1), xi_emit.eq(xi == r - 2)]
+                    with m.If(yi_emit & xi_emit if r else C(0)):
                         m.d.sync += emit.eq(1)
                     with m.If(emit):
-                        with m.If(xo_left == 0):
-                            m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1)]
+                        with m.If(xo_end):
+                            m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1),
+                                         xo_end.eq(width_1)]
                         with m.Else():
-                            m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1)]
+                            m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1),
+                                         xo_end.eq(xo_left == 1)]
                     with m.If(last_position):
                         m.next = "IDLE"
 
@@ -365,7 +384,7 @@ class WindowGenerator(wiring.Component):
                 sa_x.eq(xo),
                 sa_y.eq(yo),
                 sa_first.eq((xo == 0) & (yo == 0)),
-                sa_last.eq((xo_left == 0) & (yo_left == 0)),
+                sa_last.eq(xo_end & (yo_left == 0)),
                 sa_zero.eq(mode == PadMode.ZERO),
             ]
 
