@@ -250,10 +250,12 @@ class KernelScaler(wiring.Component):
         # Walker: the accepted position, its unpruned taps still to walk.
         active    = Signal()
         starting  = Signal()
-        mask      = Signal(n)
-        densities = Signal(data.ArrayLayout(unsigned(9), n))
-        dense     = Signal()
-        side      = Signal(side_layout)
+        # (flip-flops that only matter beside a valid flag have no reset, so that clearing
+        # a list is the flip-flop's only synchronous reset: no logic cell per bit on iCE40)
+        mask      = Signal(n, reset_less=True)
+        densities = Signal(data.ArrayLayout(unsigned(9), n), reset_less=True)
+        dense     = Signal(reset_less=True)
+        side      = Signal(side_layout, reset_less=True)
         frame_threshold = Signal(9)
         frame_dense     = Signal()
 
@@ -299,19 +301,18 @@ class KernelScaler(wiring.Component):
         # Stage 1: the tap's density (clamped to 1.0; 1.0 in dense mode) while its
         # weights are read.
         tap_layout_ = data.StructLayout({
-            "valid": 1, "tap": 1, "start": 1, "end": 1, "dense": 1,
-            "entry": entry_layout, "side": side_layout,
+            "tap": 1, "start": 1, "end": 1, "dense": 1, "entry": entry_layout, "side": side_layout,
         })
 
-        def stage(value, name):
-            reg = Signal(tap_layout_, name=name)
+        def stage(value, valid, name):
+            reg = Signal(tap_layout_, name=name, reset_less=True)
+            reg_valid = Signal(name=f"{name}_valid")
             with m.If(advance):
-                m.d.sync += reg.eq(value)
-            return reg
+                m.d.sync += [reg.eq(value), reg_valid.eq(valid)]
+            return reg, reg_valid
 
         walked = Signal(tap_layout_)
         m.d.comb += [
-            walked.valid.eq(active),
             walked.tap.eq(any_tap),
             walked.start.eq(starting),
             walked.end.eq(last_tap),
@@ -319,8 +320,8 @@ class KernelScaler(wiring.Component):
             walked.entry.eq(coordinates),
             walked.side.eq(side),
         ]
-        stage1 = stage(walked, "stage1")
-        stage1_density = Signal(9)
+        stage1, stage1_valid = stage(walked, active, "stage1")
+        stage1_density = Signal(9, reset_less=True)
         with m.If(advance):
             m.d.sync += stage1_density.eq(Mux(dense | (density > DENSITY_ONE), DENSITY_ONE, density))
 
@@ -334,11 +335,11 @@ class KernelScaler(wiring.Component):
                 total = total + (Mux(bit, weight, 0) << j)
             return total[:12].as_signed()
 
-        stage2 = stage(stage1, "stage2")
+        stage2, stage2_valid = stage(stage1, stage1_valid, "stage2")
         low_half, high_half = [], []
         for co, weight in enumerate(weights):
-            low = Signal(signed(12), name=f"low_{co}")
-            high = Signal(signed(12), name=f"high_{co}")
+            low = Signal(signed(12), name=f"low_{co}", reset_less=True)
+            high = Signal(signed(12), name=f"high_{co}", reset_less=True)
             with m.If(advance):
                 m.d.sync += [
                     low.eq(shifted_sum(weight, stage1_density[0:4])),
@@ -348,14 +349,14 @@ class KernelScaler(wiring.Component):
             high_half.append(high)
 
         # Stage 3: S = (W·A + 128) >> 8, and whether the tap is listed.
-        stage3 = stage(stage2, "stage3")
+        stage3, stage3_valid = stage(stage2, stage2_valid, "stage3")
         scaled, listed, zero = [], [], []
         for co in range(c_out):
             total = (high_half[co] << 4) + low_half[co] + 128
             value = total[8:16].as_signed()
-            s = Signal(signed(8), name=f"scaled_{co}")
-            is_listed = Signal(name=f"listed_{co}")
-            is_zero = Signal(name=f"zero_{co}")
+            s = Signal(signed(8), name=f"scaled_{co}", reset_less=True)
+            is_listed = Signal(name=f"listed_{co}", reset_less=True)
+            is_zero = Signal(name=f"zero_{co}", reset_less=True)
             with m.If(advance):
                 m.d.sync += [
                     s.eq(value),
@@ -369,12 +370,14 @@ class KernelScaler(wiring.Component):
         # Stage 4: each channel's list, a shift register that takes a listed tap at its
         # front (taps arrive in descending i, so the list ends ascending). The first tap
         # of a position clears it.
-        lists = [Signal(data.ArrayLayout(entry_layout, n), name=f"list_{co}") for co in range(c_out)]
-        counts = [Signal(count_width, name=f"count_{co}") for co in range(c_out)]
-        zeros = [Signal(count_width, name=f"zeros_{co}") for co in range(c_out)]
-        build_side = Signal(side_layout)
+        lists = [Signal(data.ArrayLayout(entry_layout, n), name=f"list_{co}", reset_less=True)
+                 for co in range(c_out)]
+        counts = [Signal(count_width, name=f"count_{co}", reset_less=True) for co in range(c_out)]
+        zeros = [Signal(count_width, name=f"zeros_{co}", reset_less=True) for co in range(c_out)]
+        build_side = Signal(side_layout, reset_less=True)
 
-        output = self.o_stream.payload
+        output = Signal(self.o_stream.payload.shape(), reset_less=True)
+        m.d.comb += self.o_stream.payload.eq(output)
         with m.If(build_complete & output_free):
             for co in range(c_out):
                 m.d.sync += [
@@ -392,7 +395,7 @@ class KernelScaler(wiring.Component):
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
-        with m.If(advance & stage3.valid):
+        with m.If(advance & stage3_valid):
             m.d.sync += [build_complete.eq(stage3.end), build_side.eq(stage3.side)]
             for co in range(c_out):
                 entry = Signal(entry_layout, name=f"entry_{co}")
@@ -412,6 +415,6 @@ class KernelScaler(wiring.Component):
                     with m.If(zero[co]):
                         m.d.sync += zeros[co].eq(zeros[co] + 1)
 
-        m.d.comb += self.busy.eq(active | stage1.valid | stage2.valid | stage3.valid |
+        m.d.comb += self.busy.eq(active | stage1_valid | stage2_valid | stage3_valid |
                                  build_complete | self.o_stream.valid)
         return m

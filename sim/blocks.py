@@ -79,6 +79,27 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="scaler",
+        component="hdl.scaler:KernelScaler",
+        summary="density-scaled weights, pruned and compacted: one tap list per output channel and position",
+        parameters={
+            "kernel_size":  (3, "kernel size K (odd)"),
+            "in_channels":  (1, "input channels C_in"),
+            "out_channels": (8, "output channels C_out (one list each)"),
+            "max_width":    (640, "largest frame width"),
+            "max_height":   (480, "largest frame height"),
+        },
+        testbench="dynsparse.sim.tb.tb_scaler",
+        test_variants={
+            "k3ci1co4": {"block": {"kernel_size": 3, "in_channels": 1, "out_channels": 4,
+                                   "max_width": 32, "max_height": 32},
+                         "frame": [8, 12]},
+            "k5ci2co3": {"block": {"kernel_size": 5, "in_channels": 2, "out_channels": 3,
+                                   "max_width": 16, "max_height": 16},
+                         "frame": [6, 8]},
+        },
+    ),
+    Block(
         name="uart_rx",
         component="hdl.uart:UARTReceiver",
         summary="UART receiver, 8N1, framing and overrun flags",
