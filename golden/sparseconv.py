@@ -354,6 +354,8 @@ def sparse_conv(frame, lists, *, kernel_size, pad_mode="zero", mask=None, block_
         mask = np.ones(max(1, blocks.max() + 1), np.uint8)
     else:
         mask = check_mask(mask, width, height, kernel_size=kernel_size, block_size=block_size)
+        if not mask.size:               # K = 1: no padding, no block; the lookup below needs a bit
+            mask = np.ones(1, np.uint8)
     ys, xs = np.arange(height)[:, None, None, None], np.arange(width)[None, :, None, None]
     valid = np.arange(n)[None, None, None, :] < lists.count[..., None]
     # window value, padding flag and block of each entry: [H, W, C_out, N]

@@ -1,0 +1,149 @@
+"""The padding mask of seed 001 in flip-flops: one bit per padding block, looked up per window element."""
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .frame import check_int, coord_width
+
+
+__all__ = ["PaddingMask"]
+
+
+class PaddingMask(wiring.Component):
+    """Mask bits of the padding blocks a window reads (geometry of :mod:`dynsparse.golden.padmask`).
+
+    The ring of padding around a ``width × height`` frame is cut into blocks
+    of ``B`` pixels: bands ``top`` (0), ``bottom`` (1), ``left`` (2) and
+    ``right`` (3). Each band is a register of one bit per block, sized for a
+    ``max_width × max_height`` frame (top and bottom ``ceil((max_width +
+    2r) / B)``, left and right ``ceil(max_height / B)``), so no runtime frame
+    can have a block the memory lacks. Every bit resets to 1 (included).
+
+    A window element ``(dy, dx)`` of the window centred on ``(x, y)`` that lies
+    outside the frame belongs to the top band if its row is outside and
+    ``dy < r``, to the bottom band if its row is outside and ``dy > r``, else
+    to the left band if ``dx < r`` and to the right band if ``dx > r``. Along
+    top and bottom its block is ``(x + dx) >> log2(B)``; along left and right
+    ``(y + dy - r) >> log2(B)``. The K elements of a window row (column) touch
+    at most :attr:`spread` consecutive blocks of a band, so each band needs
+    only that many lookups, shared by the elements.
+
+    Parameters
+    ----------
+    kernel_size : int
+        ``K``, odd, 1 to 15 (``r = K // 2``; ``K = 1`` has no padding and no mask).
+    block_size : int
+        ``B``, a power of two in [1, 64].
+    max_width, max_height : int
+        Largest frame.
+
+    Members
+    -------
+    x, y : In(unsigned)
+        Centre of the window being looked up.
+    pad : In(ArrayLayout(ArrayLayout(1, K), K))
+        The window's padding flags; ``pad[dy][r]`` says its row is outside, ``pad[r][dx]`` its column.
+    bits : Out(ArrayLayout(ArrayLayout(1, K), K))
+        Combinational: the mask bit of the block holding each padded element
+        (meaningless for elements inside the frame).
+    write : In(1)
+        Strobe: set bit ``index`` of band ``band`` to ``value``.
+    band : In(2), index : In(unsigned), value : In(1)
+        The write's band (``top``, ``bottom``, ``left``, ``right`` = 0 … 3), block and value.
+    width, height : In(unsigned)
+        The frame's size; a write to a block beyond its band (``index ≥ ceil((width
+        + 2r) / B)`` along top and bottom, ``≥ ceil(height / B)`` along left and right)
+        is ignored and raises ``bad_write``.
+    bad_write : Out(1)
+        Combinational: the write offered in this cycle is out of range.
+    """
+
+    def __init__(self, *, kernel_size, block_size, max_width, max_height):
+        self._kernel_size = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
+        self._block_size  = check_int("block size", block_size, minimum=1, maximum=64)
+        if block_size & (block_size - 1):
+            raise ValueError(f"block size must be a power of two in [1, 64], not {block_size!r}")
+        self._max_width   = check_int("maximum width", max_width, minimum=1)
+        self._max_height  = check_int("maximum height", max_height, minimum=1)
+        r, b = kernel_size // 2, block_size
+        self._sizes = (-(-(max_width + 2 * r) // b),) * 2 + (-(-max_height // b),) * 2 if r else (0,) * 4
+        k = kernel_size
+        flags = data.ArrayLayout(data.ArrayLayout(unsigned(1), k), k)
+        super().__init__({
+            "x":         In(coord_width(max_width)),
+            "y":         In(coord_width(max_height)),
+            "pad":       In(flags),
+            "bits":      Out(flags),
+            "write":     In(1),
+            "band":      In(2),
+            "index":     In(self.index_width),
+            "value":     In(1),
+            "width":     In(range(max_width + 1)),
+            "height":    In(range(max_height + 1)),
+            "bad_write": Out(1),
+        })
+
+    @property
+    def band_sizes(self):
+        """Blocks of each band (top, bottom, left, right) for the largest frame."""
+        return self._sizes
+
+    @property
+    def index_width(self):
+        return max(1, (max(self._sizes) - 1).bit_length())
+
+    @property
+    def spread(self):
+        """Most blocks of one band that the K elements of a window row or column touch."""
+        k, b = self._kernel_size, self._block_size
+        return min(k, (k - 2) // b + 2) if k > 1 else 1
+
+    def elaborate(self, platform):
+        m = Module()
+        k, r = self._kernel_size, self._kernel_size // 2
+        shift = self._block_size.bit_length() - 1
+        if r == 0:
+            m.d.comb += self.bad_write.eq(self.write)
+            return m
+
+        bands = [Signal(size, init=(1 << size) - 1, name=f"mask_{name}")
+                 for size, name in zip(self._sizes, ("top", "bottom", "left", "right"))]
+
+        # Writes: the block's first pixel along the band must lie inside the band.
+        start = Cat(C(0, shift), self.index)
+        in_range = Mux(self.band[1], start < self.height, start < self.width + 2 * r)
+        m.d.comb += self.bad_write.eq(self.write & ~in_range)
+        with m.If(self.write & in_range):
+            for number, bits in enumerate(bands):
+                with m.If(self.band == number):
+                    m.d.sync += bits.bit_select(self.index, 1).eq(self.value)
+
+        # Lookups: along top/bottom, the blocks of columns x - r + dx are (x >> b) + d with
+        # d = ((x mod B) + dx) >> b; along left/right the blocks of rows y - r + dy are
+        # base + d with base = ((y - r + R) >> b) - R / B, R a multiple of B >= r (rows
+        # above the frame give a negative block, but those elements are in the top band).
+        lift = self._block_size * -(-r // self._block_size)
+        y_lifted = self.y + (lift - r)
+        column_base = self.x >> shift
+        row_base = (y_lifted >> shift) - lift // self._block_size
+        column_phase = self.x[:shift] if shift else C(0, 1)
+        row_phase = y_lifted[:shift] if shift else C(0, 1)
+
+        def lookups(bits, base):
+            return [bits.bit_select((base + d)[:self.index_width], 1) for d in range(self.spread)]
+
+        def pick(candidates, phase, offset):
+            step = (phase + offset) >> shift
+            return Cat(*candidates).bit_select(step, 1) if len(candidates) > 1 else candidates[0]
+
+        top, bottom = (lookups(bands[n], column_base) for n in (0, 1))
+        left, right = (lookups(bands[n], row_base) for n in (2, 3))
+        for dy in range(k):
+            for dx in range(k):
+                row_band = top if dy < r else bottom if dy > r else None
+                column_band = left if dx < r else right if dx > r else None
+                row_bit = pick(row_band, column_phase, dx) if row_band else C(1, 1)
+                column_bit = pick(column_band, row_phase, dy) if column_band else C(1, 1)
+                m.d.comb += self.bits[dy][dx].eq(Mux(self.pad[dy][r], row_bit, column_bit))
+        return m

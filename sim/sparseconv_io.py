@@ -1,0 +1,92 @@
+"""Payloads and mask writes for :class:`~dynsparse.hdl.sparseconv.SparseConv`, shared by its tests.
+
+Windows come from :func:`dynsparse.golden.window.windows`, tap lists from
+:mod:`dynsparse.golden.sparseconv` (:class:`TapLists`); both are packed into
+the flat integers the stream drivers send.
+"""
+
+import numpy as np
+from amaranth.hdl import Shape
+from amaranth.lib import data
+
+from ..golden.padmask import BANDS, mask_layout
+from ..golden.window import windows
+
+
+__all__ = ["pack_nested", "window_words", "tap_list_words", "mask_writes", "frame_marks"]
+
+
+def pack_nested(layout, fields, count):
+    """Flat payload integers of ``count`` transfers from nested fields.
+
+    A :class:`~amaranth.lib.data.StructLayout` takes a dict; an
+    :class:`~amaranth.lib.data.ArrayLayout` takes an array whose axis 1 is the
+    array's index (after the transfer axis 0), or a list of per-element fields
+    when its elements are structs; a plain shape takes an array ``[count]`` or a scalar.
+    """
+    values = np.zeros(count, dtype=object)
+    values[:] = 0
+    return [int(v) for v in _pack(layout, fields, values, 0, count)]
+
+
+def _pack(layout, fields, values, offset, count):
+    if isinstance(layout, data.StructLayout):
+        for name, field in layout:
+            if name in fields:
+                values = _pack(field.shape, fields[name], values, offset + field.offset, count)
+        return values
+    if isinstance(layout, data.ArrayLayout):
+        elem_size = Shape.cast(layout.elem_shape).width
+        for i in range(layout.length):
+            element = fields[i] if isinstance(fields, (list, tuple)) else np.asarray(fields)[:, i]
+            values = _pack(layout.elem_shape, element, values, offset + i * elem_size, count)
+        return values
+    width = Shape.cast(layout).width
+    array = np.broadcast_to(np.asarray(fields, dtype=object), (count,))
+    return values + ((array & ((1 << width) - 1)) << offset)
+
+
+def frame_marks(count):
+    first, last = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    first[0] = last[-1] = 1
+    return first, last
+
+
+def window_words(layout, frame, *, kernel_size, pad_mode):
+    """Flat window payloads of every pixel of ``frame [H, W, C]``, raster order."""
+    height, width, channels = frame.shape
+    count = height * width
+    values, pad = windows(frame, kernel_size=kernel_size, pad_mode=pad_mode)
+    ys, xs = np.mgrid[0:height, 0:width]
+    first, last = frame_marks(count)
+    return pack_nested(layout, {
+        "data": values.reshape(count, kernel_size, kernel_size, channels).astype(np.int64),
+        "pad": pad.reshape(count, kernel_size, kernel_size).astype(np.int64),
+        "x": xs.ravel(), "y": ys.ravel(), "first": first, "last": last}, count)
+
+
+def tap_list_words(layout, lists):
+    """Flat tap-list payloads of :class:`TapLists` with leading shape ``[H, W, C_out]``."""
+    height, width, c_out = lists.count.shape
+    count = height * width
+    flat = lambda values: np.asarray(values).reshape(count, c_out, *np.asarray(values).shape[3:])
+    ci, dy, dx, weight = (flat(v) for v in (lists.ci, lists.dy, lists.dx, lists.weight))
+    per_channel = [{
+        "count": flat(lists.count)[:, co], "pruned": flat(lists.pruned)[:, co],
+        "zero": flat(lists.zero)[:, co],
+        "taps": [{"ci": ci[:, co, i], "dy": dy[:, co, i], "dx": dx[:, co, i], "weight": weight[:, co, i]}
+                 for i in range(lists.capacity)],
+    } for co in range(c_out)]
+    ys, xs = np.mgrid[0:height, 0:width]
+    first, last = frame_marks(count)
+    return pack_nested(layout, {"lists": per_channel, "x": xs.ravel(), "y": ys.ravel(),
+                                "first": first, "last": last}, count)
+
+
+def mask_writes(mask, width, height, *, kernel_size, block_size):
+    """``(band, index, value)`` writes that load a golden mask (every bit, in order)."""
+    writes = []
+    for band_number, band in enumerate(BANDS):
+        first, count = mask_layout(width, height, kernel_size=kernel_size, block_size=block_size)[band]
+        writes += [(band_number, index, int(mask[first + index])) for index in range(count)]
+    return writes
