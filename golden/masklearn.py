@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from .images import real_image
-from .padmask import block_map, check_mask, mask_length
+from .padmask import BANDS, block_map, check_mask, mask_layout, mask_length
 from .window import PAD_MODES, _mode_name
 
 
@@ -51,7 +51,7 @@ __all__ = [
     "padding_keep", "masked_conv2d", "masked_conv2d_backward", "block_relevance",
     "normalise_relevance", "threshold_mask", "THRESHOLD_RULES", "update_threshold", "padding_reads",
     "skipped_padding", "TASK_IMAGES", "target_filters", "image_filter_task", "task_loss", "train",
-    "mask_learning_report", "format_report", "plot_report", "mask_words", "format_mask", "export_mask",
+    "mask_learning_report", "threshold_sweep", "format_sweep", "format_report", "plot_report", "mask_words", "mask_band_writes", "format_mask", "export_mask",
     "parse_mask", "load_mask", "main",
 ]
 
@@ -593,6 +593,50 @@ def mask_learning_report(*, pad_modes=("replicate", "reflect"), rules=THRESHOLD_
     return report
 
 
+def threshold_sweep(*, pad_modes=("replicate", "reflect"), rules=THRESHOLD_RULES,
+                    threshold_lrs=(0.05, 0.2, 0.5, 1.0), trainings=((0.05, 32), (0.02, 64)),
+                    train_crops=384, test_crops=256, epochs=24, seed=0, progress=None):
+    """Where the threshold rule ends for several threshold and weight learning rates.
+
+    One :func:`train` run per combination of ``pad_modes``, ``rules``,
+    ``threshold_lrs`` and ``trainings`` (pairs of Adam step and batch size) on
+    the task of :func:`image_filter_task`. Returns a list of dicts with
+    ``pad_mode``, ``rule``, ``threshold_lr``, ``lr``, ``batch_size``,
+    ``thresholds`` (after each epoch), ``included`` (final block count),
+    ``bits`` and ``loss`` (held-out, final mask).
+    """
+    task = image_filter_task(train_crops=train_crops, test_crops=test_crops, seed=seed)
+    rows = []
+    for mode in pad_modes:
+        for rule in rules:
+            for threshold_lr in threshold_lrs:
+                for lr, batch_size in trainings:
+                    result = train(task, pad_mode=mode, rule=rule, threshold_lr=threshold_lr, lr=lr,
+                                   batch_size=batch_size, epochs=epochs, seed=seed)
+                    rows.append({"pad_mode": result["pad_mode"], "rule": rule, "threshold_lr": threshold_lr,
+                                 "lr": lr, "batch_size": batch_size,
+                                 "thresholds": [step["threshold"] for step in result["history"]],
+                                 "included": int(result["mask"].sum()), "bits": int(result["mask"].size),
+                                 "loss": task_loss(task, "test", result["weights"], result["bias"],
+                                                   pad_mode=mode, mask=result["mask"])})
+                    if progress is not None:
+                        progress(rows[-1])
+    return rows
+
+
+def format_sweep(rows):
+    """The rows of :func:`threshold_sweep` as a Markdown table."""
+    lines = ["| padding | rule | threshold lr | Adam step, batch | threshold after epochs 1, 2, 4, 8, 16, last "
+             "| blocks included | held-out loss |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        path = row["thresholds"]
+        shown = [path[i - 1] for i in (1, 2, 4, 8, 16) if i <= len(path)] + path[-1:]
+        lines.append(f"| {row['pad_mode']} | {row['rule']} | {row['threshold_lr']} | {row['lr']}, "
+                     f"{row['batch_size']} | {' '.join(f'{value:.2f}' for value in shown)} "
+                     f"| {row['included']}/{row['bits']} | {row['loss']:.6f} |")
+    return "\n".join(lines)
+
+
 # --- mask memory contents ----------------------------------------------------------------------
 
 #: First word of a mask file's first line, and the format version this module writes and reads.
@@ -613,6 +657,21 @@ def mask_words(mask):
     for i in np.flatnonzero(mask):
         words[i // 32] |= 1 << int(i % 32)
     return words
+
+
+def mask_band_writes(mask, width, height, *, kernel_size, block_size=4):
+    """The mask as per-block writes ``(band, index, value)``, bit 0 first.
+
+    ``band`` is the band's position in :data:`~dynsparse.golden.padmask.BANDS`
+    (top 0, bottom 1, left 2, right 3) and ``index`` the block's number within
+    its band: the form of a ``PaddingMask`` write (``mask_band``,
+    ``mask_index``, ``mask_value``, docs/sparseconv.md).
+    """
+    mask = check_mask(mask, width, height, kernel_size=kernel_size, block_size=block_size)
+    layout = mask_layout(width, height, kernel_size=kernel_size, block_size=block_size)
+    return [(band, index, int(mask[first + index]))
+            for band, (first, count) in enumerate(layout[name] for name in BANDS)
+            for index in range(count)]
 
 
 def format_mask(mask, width, height, *, kernel_size, block_size=4):
@@ -743,13 +802,16 @@ def format_report(report):
                 f"| {int(learned['mask'].sum())}/{bits} | {learned['threshold']:.3f} "
                 f"| {skipped['skipped']}/{skipped['padding']} ({100 * skipped['of_padding']:.1f} %) "
                 f"| {100 * skipped['of_total']:.1f} % | {result['seconds']:.1f} s |")
-    lines += ["", "threshold per epoch (avg_out / avg_in: mean relevance of the blocks the epoch's "
-              "mask excluded / included):", "",
+    lines += ["", "threshold after epochs 1 to 4, every 8th and the last (avg_out / avg_in: mean "
+              "relevance of the blocks the epoch's mask excluded / included):", "",
               "| padding | rule | epoch | held-out loss | avg_out | avg_in | threshold | mask (bit 0 first) |",
               "|---|---|---|---|---|---|---|---|"]
     for mode, entry in report["modes"].items():
         for rule, result in entry["rules"].items():
-            for step in result["learned"]["history"]:
+            history = result["learned"]["history"]
+            for step in history:
+                if step["epoch"] > 4 and step["epoch"] % 8 and step is not history[-1]:
+                    continue
                 lines.append(f"| {mode} | {rule} | {step['epoch']} | {step['test_loss']:.6f} "
                              f"| {step['avg_out']:.3f} | {step['avg_in']:.3f} | {step['threshold']:.3f} "
                              f"| `{_mask_string(step['mask'])}` |")
@@ -765,33 +827,45 @@ def plot_report(report, path):
     config = report["config"]
     size, k, b = config["crop_size"], config["kernel_size"], config["block_size"]
     blocks = block_map(size, size, kernel_size=k, block_size=b)
-    runs = [(mode, rule, result["learned"]) for mode, entry in report["modes"].items()
-            for rule, result in entry["rules"].items()]
-    figure, axes = plt.subplots(1, len(runs) + 1, figsize=(3.6 * (len(runs) + 1), 3.9))
-    for axis, (mode, rule, learned) in zip(axes, runs):
-        picture = np.full(blocks.shape, np.nan)
-        picture[blocks >= 0] = learned["relevance"][blocks[blocks >= 0]]
-        shown = axis.imshow(picture, cmap="viridis", vmin=0, vmax=1)
-        axis.add_patch(matplotlib.patches.Rectangle((k // 2 - 0.5, k // 2 - 0.5), size, size, fill=False,
-                                                    edgecolor="black"))
-        for bit, value in enumerate(learned["relevance"]):
-            ys, xs = np.nonzero(blocks == bit)
-            axis.text(xs.mean(), ys.mean(), str(int(learned["mask"][bit])), ha="center", va="center",
-                      fontsize=9, color="white" if value < 0.5 else "black")
-        axis.set_title(f"{mode}, {rule} rule: relevance, mask bit\nthreshold {learned['threshold']:.3f}, "
-                       f"{int(learned['mask'].sum())}/{learned['mask'].size} blocks included", fontsize=8)
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.colorbar(shown, ax=list(axes[:len(runs)]), shrink=0.8, label="relevance (÷ largest block's)")
-    curve = axes[-1]
+    modes = list(report["modes"])
+    rules = list(config["rules"])
+    figure = plt.figure(figsize=(3.3 * len(modes) + 6, 3.4 * len(rules)))
+    grid = figure.add_gridspec(len(rules), len(modes) + 2, width_ratios=[1] * len(modes) + [0.06, 1.6],
+                               wspace=0.3)
+    for row, rule in enumerate(rules):
+        for column, mode in enumerate(modes):
+            learned = report["modes"][mode]["rules"][rule]["learned"]
+            axis = figure.add_subplot(grid[row, column])
+            picture = np.full(blocks.shape, np.nan)
+            picture[blocks >= 0] = learned["relevance"][blocks[blocks >= 0]]
+            shown = axis.imshow(picture, cmap="viridis", vmin=0, vmax=1)
+            axis.add_patch(matplotlib.patches.Rectangle((k // 2 - 0.5, k // 2 - 0.5), size, size,
+                                                        fill=False, edgecolor="black"))
+            for bit, value in enumerate(learned["relevance"]):
+                ys, xs = np.nonzero(blocks == bit)
+                axis.text(xs.mean(), ys.mean(), str(int(learned["mask"][bit])), ha="center", va="center",
+                          fontsize=9, color="white" if value < 0.5 else "black")
+            axis.set_title(f"{mode}, {rule} rule\nthreshold {learned['threshold']:.3f}, "
+                           f"{int(learned['mask'].sum())}/{learned['mask'].size} included", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.colorbar(shown, cax=figure.add_subplot(grid[:, -2]), label="relevance (÷ largest block's)")
+    curve = figure.add_subplot(grid[:, -1])
+    runs = [(mode, rule, report["modes"][mode]["rules"][rule]["learned"]) for rule in rules for mode in modes]
     for mode, rule, learned in runs:
         epochs = [step["epoch"] for step in learned["history"]]
-        curve.plot(epochs, [step["threshold"] for step in learned["history"]], label=f"{mode}, {rule}")
+        curve.plot(epochs, [step["threshold"] for step in learned["history"]], label=f"{mode}, {rule}",
+                   linestyle="-" if mode == modes[0] else "--", marker="o" if rule == rules[0] else "x",
+                   markersize=3)
     curve.set_xlabel("epoch")
     curve.set_ylabel("threshold")
+    curve.yaxis.set_label_position("right")
+    curve.yaxis.tick_right()
     curve.set_ylim(-0.05, 1.05)
     curve.legend(fontsize=7)
     curve.set_title("threshold after each epoch", fontsize=8)
+    figure.suptitle(f"padding blocks of a {size}×{size} frame, K={k}, B={b}: relevance (colour) and "
+                    f"learned mask bit (1 = included)", fontsize=9)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -810,7 +884,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image", default="docs/images/padmask.png", help="picture to write ('' for none)")
     parser.add_argument("--mask-dir", default="build/padmask", help="directory for the mask files")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead, run the threshold rule for several learning rates (minutes)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        rows = threshold_sweep(seed=args.seed, epochs=args.epochs, rules=tuple(args.rules.split(",")),
+                               progress=lambda row: print(row, file=sys.stderr, flush=True))
+        print(format_sweep(rows))
+        return 0
 
     def progress(label, entry):
         print(f"{label:>20} epoch {entry['epoch']:3d}  train {entry['train_loss']:.6f}  "

@@ -217,6 +217,13 @@ def test_mask_words():
     assert mask_words(np.zeros(0, np.uint8)) == []
 
 
+def test_mask_band_writes():
+    # 6×5 frame, K=3, B=4: top/bottom 2 blocks each (8 columns), left/right 2 blocks (5 rows).
+    mask = np.array([1, 0, 0, 1, 1, 1, 0, 1], np.uint8)
+    assert masklearn.mask_band_writes(mask, 6, 5, kernel_size=3) == [
+        (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 1), (2, 1, 1), (3, 0, 0), (3, 1, 1)]
+
+
 GEOMETRY = dict(kernel_size=5, block_size=4)
 
 
