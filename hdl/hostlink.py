@@ -15,7 +15,7 @@ from .frame import check_int, frame_layout
 from .skid import StreamFIFO
 
 
-__all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next"]
+__all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next", "one_hot"]
 
 
 #: Payload of the ``pixel`` stream: one byte of one channel, frame markers.
@@ -41,6 +41,17 @@ def crc8_next(crc, byte):
     columns = [_crc8_step(1 << i) for i in range(8)]
     return Cat(*(Cat(*(value[i] for i in range(8) if columns[i] >> j & 1)).xor()
                  for j in range(8)))
+
+
+def one_hot(fsm):
+    """Ask Yosys to encode the state register of ``fsm`` (from ``with m.FSM() as fsm``, after
+    the block) one-hot: each state's next-state logic then depends on a few flip-flops instead
+    of a decoder of the whole state. Only a synthesis hint (``fsm_encoding``); the state
+    register is reset by the domain's reset, as Yosys' recoding assumes.
+    """
+    state = getattr(fsm, "_data", {}).get("signal")
+    if state is not None:
+        state.attrs["fsm_encoding"] = "one-hot"
 
 
 class HostLink(wiring.Component):
@@ -347,6 +358,7 @@ class HostLink(wiring.Component):
         area = Signal(range(self._max_width * self._max_height + 1))
         multiplicand = Signal.like(area)
         multiplier = Signal.like(self.height)
+        multiplier_zero = Signal()   # multiplier == 0, kept as a flag
         channel_terms = [area << i for i in range(self._channels.bit_length())
                          if self._channels >> i & 1]
         total = sum(channel_terms[1:], channel_terms[0])      # area · channels, without a multiplier
@@ -357,7 +369,7 @@ class HostLink(wiring.Component):
         m.d.sync += size_ok.eq((self.width >= self._min_width) & (self.height >= self._min_height))
         packet_timeout = ~self.rx.valid & expired
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]   # drain stray results
                 with m.If(rx_got):
@@ -452,7 +464,7 @@ class HostLink(wiring.Component):
                         reply(Status.TIMEOUT)
                     with m.Else():
                         m.d.sync += [area.eq(0), multiplicand.eq(self.width),
-                                     multiplier.eq(self.height)]
+                                     multiplier.eq(self.height), multiplier_zero.eq(self.height == 0)]
                         m.next = "FRAME_SIZE"
                 with m.Else():
                     reply(Status.UNKNOWN_COMMAND)
@@ -460,12 +472,13 @@ class HostLink(wiring.Component):
             # width · height by shift and add, one bit of the height per cycle: a multiplier
             # here would take a DSP block from the pipeline.
             with m.State("FRAME_SIZE"):
-                with m.If(multiplier == 0):
+                with m.If(multiplier_zero):
                     m.next = "FRAME_START"
                 with m.Else():
                     with m.If(multiplier[0]):
                         m.d.sync += area.eq(area + multiplicand)
-                    m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1)]
+                    m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1),
+                                 multiplier_zero.eq(multiplier[1:] == 0)]
 
             # The frame's counters start a cycle after the size is known (a shorter path).
             with m.State("FRAME_START"):
@@ -566,4 +579,5 @@ class HostLink(wiring.Component):
                     m.d.comb += emit(tx_crc, op=2)
                     m.d.sync += frames.eq(frames + 1)
                     m.next = "IDLE"
+        one_hot(fsm)
         return m

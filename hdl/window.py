@@ -205,6 +205,9 @@ class WindowGenerator(wiring.Component):
         filling = Signal()            # the frame is being completed with zero pixels
         at_start = Signal()           # no position of the frame taken yet
         advance = Signal()
+        running = Signal()            # the FSM is in RUN
+        load_frame = Signal()         # a frame's first pixel is offered outside RUN
+        drain_took = Signal()         # DRAIN has taken a pixel
         step    = Signal()            # the pipeline takes position (xi, yi) this cycle
         pixel   = Signal(pixel_bits)
 
@@ -242,22 +245,10 @@ class WindowGenerator(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.i_stream.valid):
                     with m.If(i_payload.first):
-                        m.d.sync += [
-                            mode.eq(self.pad_mode),
-                            width_m1.eq(self.width - 1),
-                            xi.eq(0), x_left.eq(self.width - 1),
-                            yi.eq(0), y_left.eq(self.height - 1),
-                            xo.eq(0), xo_left.eq(self.width - 1),
-                            yo.eq(0), yo_left.eq(self.height - 1),
-                            rows_above.eq(0), rows_below.eq(r),
-                            emit.eq(r == 0),
-                            filling.eq(0), at_start.eq(1),
-                            x_end.eq(self.width == 1), xo_end.eq(self.width == 1),
-                            width_1.eq(self.width == 1),
-                            y_inside.eq(1), y_final.eq(self.height == 1), y_over.eq(0),
-                            xi_emit.eq(r == 1), yi_emit.eq(r == 0),
-                        ]
+                        m.d.comb += load_frame.eq(1)
+                        m.d.sync += drain_took.eq(0)
                         with m.If(size_ok):
+                            m.d.sync += running.eq(1)
                             m.next = "RUN"
                         with m.Else():
                             m.d.comb += raised.bad_size.eq(1)
@@ -267,62 +258,93 @@ class WindowGenerator(wiring.Component):
 
             with m.State("DRAIN"):
                 with m.If(self.i_stream.valid):
-                    with m.If(i_payload.first & (xi != 0)):
+                    with m.If(i_payload.first & drain_took):
                         m.next = "IDLE"
                     with m.Else():
                         m.d.comb += self.i_stream.ready.eq(1)
-                        m.d.sync += xi.eq(1)
+                        m.d.sync += drain_took.eq(1)
                         with m.If(i_payload.last):
                             m.next = "IDLE"
 
+            # RUN: every position steps on `advance`, with its pixel if it needs one; that logic
+            # is written out flat below, on the `running` flag rather than the state register.
             with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(needs_input):
-                    with m.If(self.i_stream.valid):
-                        with m.If(i_payload.first & ~at_start):
-                            m.d.comb += raised.early_first.eq(1)
-                            m.d.sync += filling.eq(1)
-                        with m.Else():
-                            m.d.comb += [
-                                self.i_stream.ready.eq(advance),
-                                step.eq(advance),
-                                pixel.eq(i_payload.data),
-                            ]
-                            with m.If(advance & i_payload.last & ~last_input):
-                                m.d.comb += raised.early_last.eq(1)
-                                m.d.sync += filling.eq(1)
-                            with m.If(advance & ~i_payload.last & last_input):
-                                m.d.comb += raised.missing_last.eq(1)
-                with m.Else():
-                    m.d.comb += [step.eq(advance), pixel.eq(zero_pixel)]
+                with m.If(step & last_position):
+                    m.next = "IDLE"
 
-                with m.If(step):
-                    m.d.sync += at_start.eq(0)
-                    with m.If(x_end):
-                        m.d.sync += [
-                            xi.eq(0), x_left.eq(width_m1),
-                            yi.eq(yi + 1), y_left.eq(y_left - 1),
-                            x_end.eq(width_1), xi_emit.eq(r == 1), yi_emit.eq(yi == r - 1),
-                            y_inside.eq(y_left >= 1), y_final.eq(y_left == 1),
-                            y_over.eq(y_left == -r),
-                            # the next slice's centre row is yi + 1 - r
-                            rows_above.eq(saturate(Mux(yi + 1 < r, 0, yi + 1 - r), r)),
-                            rows_below.eq(Mux(y_left + (r - 1) < 0, 0, saturate(y_left + (r - 1), r))),
-                        ]
-                    with m.Else():
-                        m.d.sync += [xi.eq(xi + 1), x_left.eq(x_left - 1),
-                                     x_end.eq(x_left == 1), xi_emit.eq(xi == r - 2)]
-                    with m.If(yi_emit & xi_emit if r else C(0)):
-                        m.d.sync += emit.eq(1)
-                    with m.If(emit):
-                        with m.If(xo_end):
-                            m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1),
-                                         xo_end.eq(width_1)]
-                        with m.Else():
-                            m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1),
-                                         xo_end.eq(xo_left == 1)]
-                    with m.If(last_position):
-                        m.next = "IDLE"
+        # A pixel of this frame is offered (a `first` after the frame's start is not one).
+        offered = self.i_stream.valid & ~(i_payload.first & ~at_start)
+        m.d.comb += [
+            self.busy.eq(running),
+            step.eq(running & advance & (~needs_input | offered)),
+            pixel.eq(Mux(needs_input, i_payload.data, zero_pixel)),
+        ]
+        with m.If(running & needs_input):
+            m.d.comb += self.i_stream.ready.eq(advance & offered)
+            with m.If(self.i_stream.valid & i_payload.first & ~at_start):
+                m.d.comb += raised.early_first.eq(1)
+                m.d.sync += filling.eq(1)
+            with m.If(step & i_payload.last & ~last_input):
+                m.d.comb += raised.early_last.eq(1)
+                m.d.sync += filling.eq(1)
+            with m.If(step & ~i_payload.last & last_input):
+                m.d.comb += raised.missing_last.eq(1)
+        with m.If(step & last_position):
+            m.d.sync += running.eq(0)
+
+        # The counters load at a frame's first pixel (`load_frame`, outside RUN) and move on
+        # `step` (inside RUN): `running`, a flip-flop, chooses between the two values, and the
+        # late `step` (it waits for `advance`) is only the flip-flops' enable.
+        with m.If(load_frame):
+            m.d.sync += [
+                mode.eq(self.pad_mode),
+                width_m1.eq(self.width - 1), width_1.eq(self.width == 1),
+                filling.eq(0),
+            ]
+        with m.If(load_frame | step):
+            with m.If(~running):
+                m.d.sync += [
+                    at_start.eq(1),
+                    xi.eq(0), x_left.eq(self.width - 1),
+                    yi.eq(0), y_left.eq(self.height - 1),
+                    rows_above.eq(0), rows_below.eq(r),
+                    x_end.eq(self.width == 1),
+                    y_inside.eq(1), y_final.eq(self.height == 1), y_over.eq(0),
+                    xi_emit.eq(r == 1), yi_emit.eq(r == 0),
+                ]
+            with m.Elif(x_end):
+                m.d.sync += [
+                    at_start.eq(0),
+                    xi.eq(0), x_left.eq(width_m1),
+                    yi.eq(yi + 1), y_left.eq(y_left - 1),
+                    x_end.eq(width_1), xi_emit.eq(r == 1), yi_emit.eq(yi == r - 1),
+                    y_inside.eq(y_left >= 1), y_final.eq(y_left == 1),
+                    y_over.eq(y_left == -r),
+                    # the next slice's centre row is yi + 1 - r
+                    rows_above.eq(saturate(Mux(yi + 1 < r, 0, yi + 1 - r), r)),
+                    rows_below.eq(Mux(y_left + (r - 1) < 0, 0, saturate(y_left + (r - 1), r))),
+                ]
+            with m.Else():
+                m.d.sync += [at_start.eq(0), xi.eq(xi + 1), x_left.eq(x_left - 1),
+                             x_end.eq(x_left == 1), xi_emit.eq(xi == r - 2)]
+        # emit: set at the position r·W + r, then held to the end of the frame
+        with m.If(load_frame | (step & ~emit)):
+            with m.If(~running):
+                m.d.sync += emit.eq(r == 0)
+            with m.Else():
+                m.d.sync += emit.eq(yi_emit & xi_emit if r else 1)
+        with m.If(load_frame | (step & emit)):
+            with m.If(~running):
+                m.d.sync += [
+                    xo.eq(0), xo_left.eq(self.width - 1), xo_end.eq(self.width == 1),
+                    yo.eq(0), yo_left.eq(self.height - 1),
+                ]
+            with m.Elif(xo_end):
+                m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1),
+                             xo_end.eq(width_1)]
+            with m.Else():
+                m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1),
+                             xo_end.eq(xo_left == 1)]
 
         # Row remapping for the slice completed at this position (its centre row is yi - r) and
         # column remapping for the window completed at this position (its centre is (xo, yo)).
@@ -406,6 +428,11 @@ class WindowGenerator(wiring.Component):
         # raw[j] is the pixel of row (centre - r + j) in the current column; the newest row
         # comes from the input, the K-1 older ones from the line buffer.
         if k > 1:
+            # no_rw_check: Yosys builds no read-during-write logic behind the read data (ECP5's
+            # DP16KD has no room for it after its 5.8 ns clock-to-output). Inside a frame a column
+            # is written two positions after it is read (width >= 3); between frames the last
+            # write of a frame can meet the first read of the next, which reads the rows above
+            # the new frame: padding replaces them, so that read's value is never used.
             line_buffer = Memory(shape=data.ArrayLayout(pixel_bits, k - 1),
                                  depth=self._max_width, init=[], attrs={"no_rw_check": 1})
             m.submodules.line_buffer = line_buffer
