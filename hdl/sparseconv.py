@@ -344,7 +344,12 @@ class SparseConv(wiring.Component):
         position_end = group_end & ~later_work
 
         step = Signal()
+        # (plain assignments, not under m.If: Icarus may never run a combinational process
+        # whose inputs do not change after time 0, which would leave these undefined)
         m.d.comb += [
+            raised.bad_tap.eq(load & bad),
+            raised.misaligned.eq(load & (w_meta.as_value() != Cat(taps.payload.x, taps.payload.y,
+                                                                   taps.payload.first, taps.payload.last))),
             step.eq(advance & e_valid),
             load.eq(advance & w_valid & taps.valid & (~e_valid | position_end)),
             taps.ready.eq(load),
@@ -353,11 +358,6 @@ class SparseConv(wiring.Component):
             m.d.sync += [e_valid.eq(1), e_pixels.eq(w_pixels), e_meta.eq(w_meta)]
             m.d.sync += [pending[co].eq(todo[co]) for co in range(c_out)]
             m.d.sync += [e_taps[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
-            m.d.comb += [
-                raised.bad_tap.eq(bad),
-                raised.misaligned.eq(w_meta.as_value() != Cat(taps.payload.x, taps.payload.y,
-                                                               taps.payload.first, taps.payload.last)),
-            ]
         with m.Elif(step):
             with m.If(position_end):
                 m.d.sync += e_valid.eq(0)

@@ -141,6 +141,29 @@ BLOCKS = {block.name: block for block in [
                     "frame": [10, 14]},
         },
     ),
+    Block(
+        name="sparseconv",
+        component="hdl.sparseconv:SparseConv",
+        summary="sparse-tap convolution: MAC lanes walk tap lists, skip pruned and masked padding taps",
+        parameters={
+            "kernel_size":  (3, "window size K (odd)"),
+            "in_channels":  (1, "input channels C_in"),
+            "out_channels": (8, "output channels C_out"),
+            "lanes":        (8, "multiplier lanes (1 … C_out)"),
+            "max_width":    (640, "largest frame width"),
+            "max_height":   (480, "largest frame height"),
+            "block_size":   (4, "padding-block size (power of two)"),
+        },
+        testbench="dynsparse.sim.tb.tb_sparseconv",
+        test_variants={
+            "k3ci1co4l2": {"block": {"kernel_size": 3, "in_channels": 1, "out_channels": 4, "lanes": 2,
+                                     "max_width": 64, "max_height": 64, "block_size": 4},
+                           "frame": [10, 12]},
+            "k5ci2co3l3": {"block": {"kernel_size": 5, "in_channels": 2, "out_channels": 3, "lanes": 3,
+                                     "max_width": 32, "max_height": 32, "block_size": 2},
+                           "frame": [7, 9]},
+        },
+    ),
 ]}
 
 
