@@ -18,7 +18,8 @@ Mask learning, per epoch:
 3. the threshold is moved by the seed's rule
    ``threshold += (avg_out − avg_in) · lr``, clamped to [0, 1], where
    ``avg_out``/``avg_in`` are the mean relevance of the blocks the current
-   mask excludes/includes (:func:`update_threshold`);
+   mask excludes/includes (:func:`update_threshold`; ``rule="prose"`` takes
+   the opposite sign, which the seed's prose asks for, see docs/padmask.md);
 4. the mask is recomputed: bit = 1 (included) where relevance > threshold.
 
 The task (:func:`image_filter_task`) is real: 16×16 crops of the images of
@@ -27,7 +28,7 @@ responses of fixed filters computed on the *whole* image, so that at the crop
 border the padding stands in for context the layer never sees.
 
 ``python -m dynsparse.golden.masklearn`` runs it for ``replicate`` and
-``reflect`` padding, prints the held-out losses with the learned mask, all
+``reflect`` padding and both rules, prints the held-out losses with the learned mask, all
 blocks included, all excluded and zero padding, writes ``docs/images/padmask.png``
 and the learned mask memory files (:func:`export_mask`).
 """
@@ -43,7 +44,7 @@ import numpy as np
 
 from .images import real_image
 from .padmask import BANDS, block_map, check_mask, mask_layout, mask_length
-from .window import PAD_MODES, _mode_name
+from .window import _mode_name
 
 
 __all__ = [
