@@ -1,0 +1,262 @@
+"""Density-shaped sparse convolution of a pixel stream: the whole seed-000/001 datapath."""
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from .frame import check_int, pixel_layout
+from .pipeline import DensityPipeline
+from .scaler import KernelScaler, ScalerErrors, tap_densities_from_window
+from .skid import StreamFIFO
+from .sparseconv import SparseConv, SparseConvErrors
+from .window import PadMode, WindowErrors, WindowGenerator
+
+
+__all__ = ["ConvPipelineErrors", "SparseConvPipeline", "StreamFork"]
+
+
+class ConvPipelineErrors(data.Struct):
+    """Sticky error flags of :class:`SparseConvPipeline`, per block."""
+    frame:  WindowErrors
+    scaler: ScalerErrors
+    engine: SparseConvErrors
+
+
+class StreamFork(wiring.Component):
+    """One stream to two: each input word is offered on both outputs.
+
+    An output that took the word waits (its ``valid`` low) until the other
+    has taken it too; then the input word is accepted. ``valid`` never
+    depends on ``ready``.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(shape))
+    o_a, o_b : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        super().__init__({
+            "i_stream": In(stream.Signature(shape)),
+            "o_a":      Out(stream.Signature(shape)),
+            "o_b":      Out(stream.Signature(shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        done_a, done_b = Signal(), Signal()
+        took_a = self.o_a.valid & self.o_a.ready
+        took_b = self.o_b.valid & self.o_b.ready
+        finish = (done_a | took_a) & (done_b | took_b)
+        m.d.comb += [
+            self.o_a.payload.eq(self.i_stream.payload),
+            self.o_b.payload.eq(self.i_stream.payload),
+            self.o_a.valid.eq(self.i_stream.valid & ~done_a),
+            self.o_b.valid.eq(self.i_stream.valid & ~done_b),
+            self.i_stream.ready.eq(finish),
+        ]
+        with m.If(finish):
+            m.d.sync += [done_a.eq(0), done_b.eq(0)]
+        with m.Else():
+            m.d.sync += [done_a.eq(done_a | took_a), done_b.eq(done_b | took_b)]
+        return m
+
+
+class SparseConvPipeline(wiring.Component):
+    """Raster pixels in, a density-shaped, padding-masked sparse convolution out.
+
+    The pixel stream is forked:
+
+    - **density branch**: :class:`~dynsparse.hdl.pipeline.DensityPipeline`
+      (``density_kernel_size``) gives each pixel's UQ1.8 density per channel; a
+      :class:`~dynsparse.hdl.window.WindowGenerator` with ``REPLICATE`` padding
+      turns the density map into each output position's tap densities (tile size
+      1, :func:`~dynsparse.hdl.scaler.tap_densities_from_window`); the
+      :class:`~dynsparse.hdl.scaler.KernelScaler` scales, prunes and compacts the
+      weights into one tap list per output channel;
+    - **pixel branch**: a block-RAM FIFO (:attr:`fifo_depth` pixels) holds the
+      pixels while the density branch, which needs ``r_d`` rows more of look-ahead,
+      catches up; a :class:`~dynsparse.hdl.window.WindowGenerator` in ``pad_mode``
+      gives the windows;
+
+    and :class:`~dynsparse.hdl.sparseconv.SparseConv` joins each window with its
+    tap lists. Bit-exact with ``golden.density.density_map`` →
+    ``golden.sparseconv.tap_densities`` (tile 1) → ``tap_lists`` →
+    ``sparse_conv`` (→ ``requantize``); in ``dense`` mode with
+    ``dense_tap_lists`` and nothing skipped.
+
+    Parameters
+    ----------
+    kernel_size : int
+        Convolution kernel ``K`` (odd).
+    density_kernel_size : int
+        Neighbourhood of the density (odd), 3 by default.
+    in_channels, out_channels, lanes, block_size, requantize
+        As :class:`~dynsparse.hdl.sparseconv.SparseConv`.
+    max_width, max_height : int
+        Largest frame.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(pixel_layout))
+        8-bit pixels of ``in_channels`` channels in raster order, ``first``/``last``.
+    o_stream : Out(stream.Signature(...))
+        :class:`~dynsparse.hdl.sparseconv.SparseConv`'s results, one transfer per pixel.
+    width, height : In(unsigned)
+        Frame size, sampled at each frame's first pixel by every block.
+    inv_ref_var : In(unsigned(24))
+        Density reference (``golden.density.inv_ref_var``).
+    prune_threshold : In(unsigned(9)), dense : In(1), pad_mode : In(PadMode)
+        Runtime configuration, sampled per frame; change between frames.
+    weight_addr, weight_data, weight_write
+        The scaler's weight write port.
+    mask_write, mask_band, mask_index, mask_value
+        The engine's padding-mask write port.
+    multiplier, shift
+        Requantisation (with ``requantize``).
+    cycles, performed, skipped_pruned, skipped_zero, skipped_padding : Out(unsigned(32))
+        The engine's counters; ``clear_counters`` clears them.
+    errors : Out(ConvPipelineErrors), clear_errors : In(1)
+        Sticky errors of the frame (pixel window generator), the scaler and the engine.
+    busy : Out(1)
+        Some block holds part of a frame.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad parameter; the message names the value.
+    """
+
+    #: Pixels of slack in the pixel FIFO beyond the density branch's look-ahead.
+    FIFO_SLACK = 64
+
+    def __init__(self, *, kernel_size=3, density_kernel_size=3, in_channels=1, out_channels=8, lanes=8,
+                 max_width=640, max_height=480, block_size=4, requantize=False):
+        check_int("density kernel size", density_kernel_size, minimum=1, maximum=15, odd=True)
+        self._density = DensityPipeline(kernel_size=density_kernel_size, channels=in_channels,
+                                        max_width=max_width, max_height=max_height)
+        self._density_window = WindowGenerator(kernel_size=kernel_size, channels=in_channels,
+                                               max_width=max_width, max_height=max_height,
+                                               pixel_shape=unsigned(9))
+        self._scaler = KernelScaler(kernel_size=kernel_size, in_channels=in_channels,
+                                    out_channels=out_channels, max_width=max_width, max_height=max_height)
+        self._window = WindowGenerator(kernel_size=kernel_size, channels=in_channels,
+                                       max_width=max_width, max_height=max_height)
+        self._engine = SparseConv(kernel_size=kernel_size, in_channels=in_channels,
+                                  out_channels=out_channels, lanes=lanes, max_width=max_width,
+                                  max_height=max_height, block_size=block_size, requantize=requantize)
+        self._pixel_layout = pixel_layout(pixel_shape=unsigned(8), channels=in_channels)
+        r_d = density_kernel_size // 2
+        # The density branch consumes r_d rows and r_d pixels more than the pixel branch
+        # before a position's tap list exists; its pipelines hold a few more.
+        self._fifo_depth = 1 << (r_d * max_width + r_d + self.FIFO_SLACK - 1).bit_length()
+        self._requantize = requantize
+        ports = {
+            "i_stream":        In(stream.Signature(self._pixel_layout)),
+            "o_stream":        Out(self._engine.o_stream.signature),
+            "width":           In(self._window.width.shape(), init=max_width),
+            "height":          In(self._window.height.shape(), init=max_height),
+            "inv_ref_var":     In(self._density.inv_ref_var.shape()),
+            "prune_threshold": In(unsigned(9)),
+            "dense":           In(1),
+            "pad_mode":        In(PadMode),
+            "weight_addr":     In(self._scaler.weight_addr.shape()),
+            "weight_data":     In(self._scaler.weight_data.shape()),
+            "weight_write":    In(1),
+            "mask_write":      In(1),
+            "mask_band":       In(self._engine.mask_band.shape()),
+            "mask_index":      In(self._engine.mask_index.shape()),
+            "mask_value":      In(1),
+            **{name: Out(getattr(self._engine, name).shape()) for name in
+               ("cycles", "performed", "skipped_pruned", "skipped_zero", "skipped_padding")},
+            "clear_counters":  In(1),
+            "errors":          Out(ConvPipelineErrors),
+            "clear_errors":    In(1),
+            "busy":            Out(1),
+        }
+        if requantize:
+            ports["multiplier"] = In(self._engine.multiplier.shape())
+            ports["shift"] = In(self._engine.shift.shape())
+        super().__init__(ports)
+
+    kernel_size  = property(lambda self: self._window.kernel_size)
+    in_channels  = property(lambda self: self._window.channels)
+    out_channels = property(lambda self: self._engine.out_channels)
+    lanes        = property(lambda self: self._engine.lanes)
+    max_width    = property(lambda self: self._window.max_width)
+    max_height   = property(lambda self: self._window.max_height)
+    min_width    = property(lambda self: max(self._window.min_width, self._density.min_width))
+    fifo_depth   = property(lambda self: self._fifo_depth,
+                            doc="Pixels the pixel branch's FIFO holds (its memory's depth).")
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fork = fork = StreamFork(self._pixel_layout)
+        m.submodules.density = density = self._density
+        m.submodules.density_window = density_window = self._density_window
+        m.submodules.scaler = scaler = self._scaler
+        m.submodules.pixel_fifo = fifo = StreamFIFO(self._pixel_layout, depth=self._fifo_depth)
+        m.submodules.window = window = self._window
+        m.submodules.engine = engine = self._engine
+
+        connect(m, wiring.flipped(self.i_stream), fork.i_stream)
+
+        # density branch
+        connect(m, fork.o_a, density.i_stream)
+        m.d.comb += [
+            density_window.i_stream.valid.eq(density.o_stream.valid),
+            density_window.i_stream.payload.data.eq(density.o_stream.payload.data),
+            density_window.i_stream.payload.first.eq(density.o_stream.payload.first),
+            density_window.i_stream.payload.last.eq(density.o_stream.payload.last),
+            density.o_stream.ready.eq(density_window.i_stream.ready),
+            scaler.i_stream.valid.eq(density_window.o_stream.valid),
+            scaler.i_stream.payload.eq(tap_densities_from_window(density_window.o_stream.payload)),
+            density_window.o_stream.ready.eq(scaler.i_stream.ready),
+        ]
+        connect(m, scaler.o_stream, engine.i_taps)
+
+        # pixel branch
+        connect(m, fork.o_b, fifo.i_stream)
+        connect(m, fifo.o_stream, window.i_stream)
+        connect(m, window.o_stream, engine.i_window)
+        connect(m, engine.o_stream, wiring.flipped(self.o_stream))
+
+        m.d.comb += [
+            density.width.eq(self.width), density.height.eq(self.height),
+            density.inv_ref_var.eq(self.inv_ref_var),
+            density_window.width.eq(self.width), density_window.height.eq(self.height),
+            density_window.pad_mode.eq(PadMode.REPLICATE),
+            window.width.eq(self.width), window.height.eq(self.height),
+            window.pad_mode.eq(self.pad_mode),
+            scaler.prune_threshold.eq(self.prune_threshold),
+            scaler.dense.eq(self.dense),
+            scaler.weight_addr.eq(self.weight_addr),
+            scaler.weight_data.eq(self.weight_data),
+            scaler.weight_write.eq(self.weight_write),
+            engine.pad_mode.eq(self.pad_mode),
+            engine.dense.eq(self.dense),
+            engine.width.eq(self.width), engine.height.eq(self.height),
+            engine.mask_write.eq(self.mask_write),
+            engine.mask_band.eq(self.mask_band),
+            engine.mask_index.eq(self.mask_index),
+            engine.mask_value.eq(self.mask_value),
+            engine.clear_counters.eq(self.clear_counters),
+            self.cycles.eq(engine.cycles),
+            self.performed.eq(engine.performed),
+            self.skipped_pruned.eq(engine.skipped_pruned),
+            self.skipped_zero.eq(engine.skipped_zero),
+            self.skipped_padding.eq(engine.skipped_padding),
+            self.errors.frame.eq(window.errors),
+            self.errors.scaler.eq(scaler.errors),
+            self.errors.engine.eq(engine.errors),
+            density.clear_errors.eq(self.clear_errors),
+            density_window.clear_errors.eq(self.clear_errors),
+            window.clear_errors.eq(self.clear_errors),
+            scaler.clear_errors.eq(self.clear_errors),
+            engine.clear_errors.eq(self.clear_errors),
+            self.busy.eq(density.busy | density_window.busy | scaler.busy | window.busy | engine.busy
+                         | fifo.o_stream.valid),
+        ]
+        if self._requantize:
+            m.d.comb += [engine.multiplier.eq(self.multiplier), engine.shift.eq(self.shift)]
+        return m
