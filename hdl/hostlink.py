@@ -338,22 +338,22 @@ class HostLink(wiring.Component):
                          reply_source.eq(reply_sources[source]), frame_after.eq(frame)]
             m.next = "REPLY_MAGIC"
 
-        read_value = Signal(32)
-        read_ok = Signal()
-        with m.Switch(address):
-            for register, source in (
-                    (Register.ID, DEVICE_ID), (Register.WIDTH, width_reg),
-                    (Register.HEIGHT, height_reg), (Register.INV_REF_VAR, inv_ref_var),
-                    (Register.PAD_MODE, pad_mode), (Register.CYCLES, cycles),
-                    (Register.FRAMES, frames), (Register.ERRORS, errors_value),
-                    (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
-                    (Register.PIXEL_CREDIT, self._pixel_buffer)):
-                with m.Case(register):
-                    m.d.comb += [read_value.eq(source), read_ok.eq(1)]
-        # Registered: the address is complete a whole byte time before EXECUTE uses it.
+        # Register reads: the address is decoded into one flag per register as it arrives
+        # (`readable`, set in PAYLOAD), and the value is an AND-OR of the flags and the
+        # registers, registered: it is ready a whole byte time before EXECUTE uses it.
+        readable = [(Signal(name=f"reads_{register.name.lower()}"), register, source) for register, source in (
+            (Register.ID, DEVICE_ID), (Register.WIDTH, width_reg),
+            (Register.HEIGHT, height_reg), (Register.INV_REF_VAR, inv_ref_var),
+            (Register.PAD_MODE, pad_mode), (Register.CYCLES, cycles),
+            (Register.FRAMES, frames), (Register.ERRORS, errors_value),
+            (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
+            (Register.PIXEL_CREDIT, self._pixel_buffer))]
+        read_value = 0
+        for flag, _, source in readable:
+            read_value = read_value | Mux(flag, source, 0)
         read_value_q = Signal(32)
         read_ok_q = Signal()
-        m.d.sync += [read_value_q.eq(read_value), read_ok_q.eq(read_ok)]
+        m.d.sync += read_value_q.eq(read_value)
 
         area = Signal(range(self._max_width * self._max_height + 1))
         multiplicand = Signal.like(area)
@@ -405,6 +405,10 @@ class HostLink(wiring.Component):
                             with m.If(slot[0]):
                                 m.d.sync += [flag.eq(rx_byte == Register[name])
                                              for name, flag in writable.items()]
+                                m.d.sync += [flag.eq(rx_byte == register)
+                                             for flag, register, _ in readable]
+                                m.d.sync += read_ok_q.eq(
+                                    Cat(*(rx_byte == register for _, register, _ in readable)).any())
                             m.d.sync += [slot.eq(slot << 1), payload_left.eq(payload_left - 1),
                                          payload_last.eq(payload_left == 2)]
                             with m.If(payload_last):
