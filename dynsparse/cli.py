@@ -110,6 +110,13 @@ def _parse_block_params(extra, block_names):
         if name not in known:
             choices = ", ".join("--" + n.replace("_", "-") for n in sorted(known))
             raise CommandError(f"unknown parameter {option} for {', '.join(block_names)} (known: {choices})")
+        defaults = [BLOCKS[block].parameters[name][0] for block in block_names
+                    if name in BLOCKS[block].parameters]
+        if all(isinstance(default, bool) for default in defaults):
+            if value.lower() not in ("0", "1", "false", "true", "no", "yes"):
+                raise CommandError(f"parameter {option} must be true or false, not {value!r}")
+            params[name] = value.lower() in ("1", "true", "yes")
+            continue
         try:
             params[name] = int(value, 0)
         except ValueError:

@@ -163,6 +163,28 @@ BLOCKS = {block.name: block for block in [
                                      "max_width": 32, "max_height": 32, "block_size": 2},
                            "frame": [7, 9]},
         },
+    ),    Block(
+        name="convpipe",
+        component="hdl.convpipe:SparseConvPipeline",
+        summary="pixels to sparse convolution: density, kernel scaler, pixel FIFO, windows, sparse engine",
+        parameters={
+            "kernel_size":  (3, "convolution kernel K (odd)"),
+            "in_channels":  (1, "input channels C_in"),
+            "out_channels": (8, "output channels C_out"),
+            "lanes":        (8, "multiplier lanes (1 … C_out)"),
+            "max_width":    (640, "largest frame width"),
+            "max_height":   (480, "largest frame height"),
+            "requantize":   (False, "int8 results (multiplier, shift) instead of accumulators"),
+        },
+        testbench="dynsparse.sim.tb.tb_convpipe",
+        test_variants={
+            "k3ci1co4l2": {"block": {"kernel_size": 3, "in_channels": 1, "out_channels": 4, "lanes": 2,
+                                     "max_width": 32, "max_height": 32},
+                           "frame": [10, 14]},
+            "k3ci2co3l3q": {"block": {"kernel_size": 3, "in_channels": 2, "out_channels": 3, "lanes": 3,
+                                      "max_width": 16, "max_height": 16, "requantize": True},
+                            "frame": [8, 11]},
+        },
     ),
 ]}
 

@@ -74,6 +74,8 @@ def test_cli_overrides_parameters(tmp_path):
     (["verilog", "--block", "window", "--kernel-size", "x"], r"parameter --kernel-size must be an integer, not 'x'"),
     (["verilog", "--block", "window", "--kernel-sise", "5"], r"unknown parameter --kernel-sise for window"),
     (["sim", "--block", "nope"], r"unknown block 'nope'"),
+    (["verilog", "--block", "convpipe", "--requantize", "maybe"], r"parameter --requantize must be true or false, not 'maybe'"),
+    (["verilog", "--block", "sparseconv", "--lanes", "0"], r"sparseconv: lane count must be an integer in \[1, 8\], not 0"),
 ])
 def test_cli_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
