@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from .density import DensityUnit
+from .skid import StreamRegister
 from .window import PadMode, WindowErrors, WindowGenerator
 
 
@@ -16,8 +17,10 @@ class DensityPipeline(wiring.Component):
 
     The :class:`~dynsparse.hdl.window.WindowGenerator` (zero padding; the
     density excludes padding, so the mode does not matter) feeds the
-    :class:`~dynsparse.hdl.density.DensityUnit`. Both stall as one through
-    their streams; the throughput is one pixel per clock inside a frame.
+    :class:`~dynsparse.hdl.density.DensityUnit` through a register slice
+    (:class:`~dynsparse.hdl.skid.StreamRegister`), so that the stall signal
+    of one does not run through the control logic of the other in the same
+    cycle; the throughput is one pixel per clock inside a frame.
 
     Parameters
     ----------
@@ -66,14 +69,16 @@ class DensityPipeline(wiring.Component):
 
     def pixel_delay(self, width):
         """Cycles from accepting pixel ``n`` to offering its density, with no stalls."""
-        return self._window.window_delay(width) + self._density.latency
+        return self._window.window_delay(width) + 1 + self._density.latency
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.window = window = self._window
         m.submodules.density = density = self._density
         connect(m, wiring.flipped(self.i_stream), window.i_stream)
-        connect(m, window.o_stream, density.i_stream)
+        m.submodules.slice = slice_ = StreamRegister(window.o_stream.payload.shape())
+        connect(m, window.o_stream, slice_.i_stream)
+        connect(m, slice_.o_stream, density.i_stream)
         connect(m, density.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [
             window.width.eq(self.width),

@@ -248,7 +248,6 @@ class WindowGenerator(wiring.Component):
                         m.d.comb += load_frame.eq(1)
                         m.d.sync += drain_took.eq(0)
                         with m.If(size_ok):
-                            m.d.sync += running.eq(1)
                             m.next = "RUN"
                         with m.Else():
                             m.d.comb += raised.bad_size.eq(1)
@@ -289,8 +288,10 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += filling.eq(1)
             with m.If(step & ~i_payload.last & last_input):
                 m.d.comb += raised.missing_last.eq(1)
-        with m.If(step & last_position):
-            m.d.sync += running.eq(0)
+        # `running` rises with the move to RUN and falls with the move back to IDLE; the frame
+        # size check is only its data input (the enable is load_frame or the last step).
+        with m.If(load_frame | (step & last_position)):
+            m.d.sync += running.eq(~running & size_ok)
 
         # The counters load at a frame's first pixel (`load_frame`, outside RUN) and move on
         # `step` (inside RUN): `running`, a flip-flop, chooses between the two values, and the
