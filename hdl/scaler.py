@@ -1,7 +1,7 @@
 """Density-scaled kernels: the compacted tap list of every output channel, per output position."""
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,17 +42,14 @@ def tap_densities_from_window(window):
                window.x, window.y, window.first, window.last)
 
 
-def _highest_set(bits):
-    """``(any, index)`` of the highest set bit of ``bits``, as a tree of 2:1 muxes."""
-    bits = Value.cast(bits)
-    if len(bits) == 1:
-        return bits[0], Const(0, 0)
-    half = 1 << ((len(bits) - 1).bit_length() - 1)          # largest power of two < len(bits)
-    low_any, low_index = _highest_set(bits[:half])
-    high_any, high_index = _highest_set(bits[half:])
-    low_width = (half - 1).bit_length()
-    high = Cat(high_index, Const(0, low_width - len(high_index)), Const(1, 1))
-    return low_any | high_any, Mux(high_any, high, Cat(low_index, Const(0, 1)))
+def _one_hot_select(one_hot, values):
+    """``values[i]`` for the set bit ``i`` of ``one_hot`` (0 if none): an AND-OR tree."""
+    width = max(len(Value.cast(value)) for value in values)
+    terms = [Mux(one_hot[i], value, 0) for i, value in enumerate(values)]
+    while len(terms) > 1:
+        terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0][:width]
 
 
 class KernelScaler(wiring.Component):
@@ -253,33 +250,42 @@ class KernelScaler(wiring.Component):
         # (flip-flops that only matter beside a valid flag have no reset, so that clearing
         # a list is the flip-flop's only synchronous reset: no logic cell per bit on iCE40)
         mask      = Signal(n, reset_less=True)
-        densities = Signal(data.ArrayLayout(unsigned(9), n), reset_less=True)
+        densities = Signal(data.ArrayLayout(unsigned(9), n), reset_less=True)   # clamped to 256
+        too_high  = Signal(n, reset_less=True)
         dense     = Signal(reset_less=True)
         side      = Signal(side_layout, reset_less=True)
         frame_threshold = Signal(9)
         frame_dense     = Signal()
 
-        any_tap, selected = _highest_set(mask)
-        selected = Cat(selected, Const(0, index_width(n) - len(selected)))
+        # The highest set bit of the mask, one-hot: a bit with no set bit above it. `above`
+        # is a parallel suffix OR (log2(N) levels), so nothing waits for an encoded index.
+        suffix = mask
+        for distance in (1 << level for level in range(max(0, (n - 1).bit_length()))):
+            suffix = suffix | (suffix >> distance)
+        above = Signal(n)
+        one_hot = Signal(n)
         remaining = Signal(n)
+        any_tap = mask.any()
         last_tap = Signal()
         m.d.comb += [
-            remaining.eq(mask & ~(Const(1, n) << selected)),
+            above.eq(suffix >> 1),
+            one_hot.eq(mask & ~above),
+            remaining.eq(mask & above),
             last_tap.eq(~remaining.any()),
             self.i_stream.ready.eq(~active | (last_tap & advance)),
-            read.addr.eq(selected),
+            read.addr.eq(_one_hot_select(one_hot, [Const(i, index_width(n)) for i in range(n)])),
             read.en.eq(advance),
         ]
-        density = densities[selected]
-        coordinates = entry_layout(Array(
+        density = _one_hot_select(one_hot, [densities[i] for i in range(n)])
+        coordinates = entry_layout(_one_hot_select(one_hot, [
             entry_layout.const({"ci": i // (k * k), "dy": i // k % k, "dx": i % k}).as_value()
-            for i in range(n))[selected])
+            for i in range(n)]))
 
         with m.If(active & advance):
             m.d.sync += [mask.eq(remaining), starting.eq(0)]
             with m.If(last_tap):
                 m.d.sync += active.eq(0)
-            with m.If(any_tap & ~dense & (density > DENSITY_ONE)):
+            with m.If((one_hot & too_high).any()):
                 m.d.sync += self.errors.bad_density.eq(1)
 
         payload = self.i_stream.payload
@@ -293,7 +299,9 @@ class KernelScaler(wiring.Component):
                 active.eq(1),
                 starting.eq(1),
                 mask.eq(Cat(dense_now | (flat[i] >= threshold) for i in range(n))),
-                densities.eq(flat),
+                too_high.eq(Cat(~dense_now & (flat[i] > DENSITY_ONE) for i in range(n))),
+                densities.eq(Cat(Mux(dense_now | (flat[i] > DENSITY_ONE), DENSITY_ONE, flat[i])
+                                 for i in range(n))),
                 dense.eq(dense_now),
                 side.eq(Cat(payload.x, payload.y, payload.first, payload.last)),
             ]
@@ -323,28 +331,30 @@ class KernelScaler(wiring.Component):
         stage1, stage1_valid = stage(walked, active, "stage1")
         stage1_density = Signal(9, reset_less=True)
         with m.If(advance):
-            m.d.sync += stage1_density.eq(Mux(dense | (density > DENSITY_ONE), DENSITY_ONE, density))
+            m.d.sync += stage1_density.eq(density)
 
-        # Stage 2: W·A in two halves, W·A[0:4] and W·A[4:8] (or W·16 when A = 256, so
-        # that the sum gives W·256), each a sum of four shifted copies of W.
+        # Stage 2: W·A in two halves, W·A[0:4] and W·A[4:8], each a sum of four masked,
+        # shifted copies of W (two adder levels). A = 256 has A[0:8] = 0; it makes the two
+        # top terms of the high half 8·W each, so that the high half is 16·W and the
+        # product W·256; every term bit is still one 4-input function.
         weights = [read.data[8 * co:8 * co + 8].as_signed() for co in range(c_out)]
+        a = stage1_density
 
-        def shifted_sum(weight, bits):
-            total = Const(0, signed(12))
-            for j, bit in enumerate(bits):
-                total = total + (Mux(bit, weight, 0) << j)
-            return total[:12].as_signed()
+        def tree(terms):
+            return ((terms[0] + terms[1]) + (terms[2] + terms[3]))[:12].as_signed()
 
         stage2, stage2_valid = stage(stage1, stage1_valid, "stage2")
         low_half, high_half = [], []
         for co, weight in enumerate(weights):
             low = Signal(signed(12), name=f"low_{co}", reset_less=True)
             high = Signal(signed(12), name=f"high_{co}", reset_less=True)
+            low_terms = [Mux(a[j], weight, 0) << j for j in range(4)]
+            high_terms = [Mux(a[4], weight, 0),
+                          Mux(a[5], weight, 0) << 1,
+                          Mux(a[8], weight << 3, Mux(a[6], weight << 2, 0)),
+                          Mux(a[7] | a[8], weight, 0) << 3]
             with m.If(advance):
-                m.d.sync += [
-                    low.eq(shifted_sum(weight, stage1_density[0:4])),
-                    high.eq(Mux(stage1_density[8], weight << 4, shifted_sum(weight, stage1_density[4:8]))),
-                ]
+                m.d.sync += [low.eq(tree(low_terms)), high.eq(tree(high_terms))]
             low_half.append(low)
             high_half.append(high)
 
