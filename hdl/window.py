@@ -186,24 +186,25 @@ class WindowGenerator(wiring.Component):
         # -------- frame control: positions of the extended frame -----------------------------
         # Position p = yi·W + xi runs over W·H input pixels, then r·W + r "flush" positions that
         # take no input but push the windows of the bottom rows out.
-        mode    = Signal(PadMode)
+        mode    = Signal(PadMode, reset_less=True)
         # Counters. Conditions on the runtime frame size are kept in down-counters (distance to
         # the end of the row or frame) so that every test of them is against a constant: no
-        # comparator against width/height sits in the control path.
-        width_m1 = Signal.like(self.width)          # frame_w - 1
-        xi      = Signal(range(self._max_width))
-        x_left  = Signal(range(self._max_width))    # frame_w - 1 - xi
-        yi      = Signal(range(self._max_height + r + 1))
-        y_left  = Signal(range(-(r + 2), self._max_height))   # frame_h - 1 - yi
-        xo      = Signal(range(self._max_width))
-        xo_left = Signal(range(self._max_width))    # frame_w - 1 - xo
-        yo      = Signal(range(self._max_height))
-        yo_left = Signal(range(self._max_height))   # frame_h - 1 - yo
-        rows_above = Signal(range(r + 1))           # real rows above the current slice's centre
-        rows_below = Signal(range(r + 1))           # and below it, saturated at r
-        emit    = Signal()            # positions from r·W + r on complete a window
-        filling = Signal()            # the frame is being completed with zero pixels
-        at_start = Signal()           # no position of the frame taken yet
+        # comparator against width/height sits in the control path. Everything a frame's first
+        # pixel loads has no reset (a reset would gate the flip-flops' enables on iCE40).
+        width_m1 = Signal(self.width.shape(), reset_less=True)          # frame_w - 1
+        xi      = Signal(range(self._max_width), reset_less=True)
+        x_left  = Signal(range(self._max_width), reset_less=True)    # frame_w - 1 - xi
+        yi      = Signal(range(self._max_height + r + 1), reset_less=True)
+        y_left  = Signal(range(-(r + 2), self._max_height), reset_less=True)   # frame_h - 1 - yi
+        xo      = Signal(range(self._max_width), reset_less=True)
+        xo_left = Signal(range(self._max_width), reset_less=True)    # frame_w - 1 - xo
+        yo      = Signal(range(self._max_height), reset_less=True)
+        yo_left = Signal(range(self._max_height), reset_less=True)   # frame_h - 1 - yo
+        rows_above = Signal(range(r + 1), reset_less=True)           # real rows above the current slice's centre
+        rows_below = Signal(range(r + 1), reset_less=True)           # and below it, saturated at r
+        emit    = Signal(reset_less=True)            # positions from r·W + r on complete a window
+        filling = Signal(reset_less=True)            # the frame is being completed with zero pixels
+        at_start = Signal(reset_less=True)           # no position of the frame taken yet
         advance = Signal()
         running = Signal()            # the FSM is in RUN
         load_frame = Signal()         # a frame's first pixel is offered outside RUN
@@ -228,14 +229,14 @@ class WindowGenerator(wiring.Component):
                    (self.height >= r + 1) & (self.height <= self._max_height))
         # The tests of the counters are flags, set when the counters are loaded from their next
         # values' conditions: the stepping logic sees flip-flops, not comparators.
-        x_end    = Signal()           # x_left == 0
-        xo_end   = Signal()           # xo_left == 0
-        width_1  = Signal()           # width_m1 == 0
-        y_inside = Signal()           # y_left >= 0: the position takes an input pixel
-        y_final  = Signal()           # y_left == 0: the frame's last row of input
-        y_over   = Signal()           # y_left == -(r + 1): the last flush row
-        xi_emit  = Signal()           # xi == r - 1
-        yi_emit  = Signal()           # yi == r
+        x_end    = Signal(reset_less=True)           # x_left == 0
+        xo_end   = Signal(reset_less=True)           # xo_left == 0
+        width_1  = Signal(reset_less=True)           # width_m1 == 0
+        y_inside = Signal(reset_less=True)           # y_left >= 0: the position takes an input pixel
+        y_final  = Signal(reset_less=True)           # y_left == 0: the frame's last row of input
+        y_over   = Signal(reset_less=True)           # y_left == -(r + 1): the last flush row
+        xi_emit  = Signal(reset_less=True)           # xi == r - 1
+        yi_emit  = Signal(reset_less=True)           # yi == r
         needs_input = y_inside & ~filling
         last_input  = y_final & x_end
         last_position = y_over & xi_emit if r else last_input
@@ -381,18 +382,18 @@ class WindowGenerator(wiring.Component):
 
         # -------- stage 1: line buffer read ------------------------------------------------------
         sa_valid   = Signal()
-        sa_pixel   = Signal(pixel_bits)
+        sa_pixel   = Signal(pixel_bits, reset_less=True)
         sa_xi      = Signal.like(xi)
-        sa_rows    = [Signal(index_shape, name=f"sa_row_index{j}") for j in range(k)]
-        sa_rowpad  = Signal(k)
+        sa_rows    = [Signal(index_shape, name=f"sa_row_index{j}", reset_less=True) for j in range(k)]
+        sa_rowpad  = Signal(k, reset_less=True)
         sa_emit    = Signal()
-        sa_cols    = [Signal(index_shape, name=f"sa_col_index{j}") for j in range(k)]
-        sa_colpad  = Signal(k)
+        sa_cols    = [Signal(index_shape, name=f"sa_col_index{j}", reset_less=True) for j in range(k)]
+        sa_colpad  = Signal(k, reset_less=True)
         sa_x       = Signal.like(xo)
         sa_y       = Signal.like(yo)
-        sa_first   = Signal()
-        sa_last    = Signal()
-        sa_zero    = Signal()
+        sa_first   = Signal(reset_less=True)
+        sa_last    = Signal(reset_less=True)
+        sa_zero    = Signal(reset_less=True)
 
         with m.If(advance):
             m.d.sync += [
@@ -457,8 +458,8 @@ class WindowGenerator(wiring.Component):
                         for j in range(k)]
 
         # -------- stage 3: column shift register (slot j holds column offset j - r) ---------------
-        columns  = [Signal(pixel_bits * k, name=f"column{j}") for j in range(k)]
-        colpads  = [Signal(k, name=f"column_pad{j}") for j in range(k)]
+        columns  = [Signal(pixel_bits * k, name=f"column{j}", reset_less=True) for j in range(k)]
+        colpads  = [Signal(k, name=f"column_pad{j}", reset_less=True) for j in range(k)]
         s2_valid = delayed(s1_emit, "s2_")       # a window is complete at this position
         s2_colpad, s2_x, s2_y, s2_first, s2_last, s2_zero = (
             delayed(signal, "s2_") for signal in (s1_colpad, s1_x, s1_y, s1_first, s1_last, s1_zero))
