@@ -72,7 +72,7 @@ class KernelScaler(wiring.Component):
     The block walks a position's unpruned taps one per cycle (highest ``i``
     first, from a priority encoder over the unpruned mask) and scales the
     tap's weight for all ``C_out`` channels at once: ``C_out`` 8×9-bit
-    products as shift-and-add LUT logic over two registered stages, never a
+    products as shift-and-add LUT logic over three registered stages, never a
     DSP. Each channel's list is a shift register that takes the tap at its
     front when ``S != 0``, so it ends in ascending order with zeros behind.
     A finished list moves to the output register while the next position is
@@ -129,7 +129,7 @@ class KernelScaler(wiring.Component):
     while the next position is walked, so with a ready sink positions leave
     at that rate, without bubbles. A position accepted in cycle ``t``
     leaves in cycle ``t + latency + cycles - 1`` when nothing stalls
-    (``latency = 6``). All stages stall together, only when a finished list
+    (``latency = 7``). All stages stall together, only when a finished list
     cannot move to a full output register.
 
     Errors
@@ -148,7 +148,7 @@ class KernelScaler(wiring.Component):
     """
 
     #: Cycles from accepting a position to offering its list, for a position of one cycle.
-    LATENCY = 6
+    LATENCY = 7
 
     def __init__(self, *, kernel_size, in_channels, out_channels, max_width, max_height):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
@@ -333,33 +333,42 @@ class KernelScaler(wiring.Component):
         with m.If(advance):
             m.d.sync += stage1_density.eq(density)
 
-        # Stage 2: W·A in two halves, W·A[0:4] and W·A[4:8], each a sum of four masked,
-        # shifted copies of W (two adder levels). A = 256 has A[0:8] = 0; it makes the two
-        # top terms of the high half 8·W each, so that the high half is 16·W and the
-        # product W·256; every term bit is still one 4-input function.
+        # Stage 2: the masked copies of W whose shifted sum is W·A: `A[j] ? W : 0` for
+        # j < 8. A = 256 has A[0:8] = 0; it makes the two top terms 8·W each (so that they
+        # sum to 256·W). Each term bit is one 4-input function of registered bits, and the
+        # terms are registered, so the densities' fan-out to every channel's terms is
+        # the only thing on the path.
         weights = [read.data[8 * co:8 * co + 8].as_signed() for co in range(c_out)]
         a = stage1_density
-
-        def tree(terms):
-            return ((terms[0] + terms[1]) + (terms[2] + terms[3]))[:12].as_signed()
-
         stage2, stage2_valid = stage(stage1, stage1_valid, "stage2")
-        low_half, high_half = [], []
+        terms = []
         for co, weight in enumerate(weights):
+            values = [Mux(a[j], weight, 0) for j in range(6)] + [
+                Mux(a[8], weight << 1, Mux(a[6], weight, 0)),          # ·4: 8·W when A = 256
+                Mux(a[7] | a[8], weight, 0)]
+            registers = [Signal(signed(len(value)), name=f"term_{co}_{j}", reset_less=True)
+                         for j, value in enumerate(values)]
+            with m.If(advance):
+                m.d.sync += [register.eq(value) for register, value in zip(registers, values)]
+            terms.append(registers)
+
+        # Stage 2b: W·A[0:4] and W·A[4:8], each a sum of four shifted terms (two adder levels).
+        def tree(values):
+            values = [value << (j % 4) for j, value in enumerate(values)]
+            return ((values[0] + values[1]) + (values[2] + values[3]))[:12].as_signed()
+
+        stage2b, stage2b_valid = stage(stage2, stage2_valid, "stage2b")
+        low_half, high_half = [], []
+        for co in range(c_out):
             low = Signal(signed(12), name=f"low_{co}", reset_less=True)
             high = Signal(signed(12), name=f"high_{co}", reset_less=True)
-            low_terms = [Mux(a[j], weight, 0) << j for j in range(4)]
-            high_terms = [Mux(a[4], weight, 0),
-                          Mux(a[5], weight, 0) << 1,
-                          Mux(a[8], weight << 3, Mux(a[6], weight << 2, 0)),
-                          Mux(a[7] | a[8], weight, 0) << 3]
             with m.If(advance):
-                m.d.sync += [low.eq(tree(low_terms)), high.eq(tree(high_terms))]
+                m.d.sync += [low.eq(tree(terms[co][:4])), high.eq(tree(terms[co][4:]))]
             low_half.append(low)
             high_half.append(high)
 
         # Stage 3: S = (W·A + 128) >> 8, and whether the tap is listed.
-        stage3, stage3_valid = stage(stage2, stage2_valid, "stage3")
+        stage3, stage3_valid = stage(stage2b, stage2b_valid, "stage3")
         scaled, listed, zero = [], [], []
         for co in range(c_out):
             total = (high_half[co] << 4) + low_half[co] + 128
@@ -370,8 +379,8 @@ class KernelScaler(wiring.Component):
             with m.If(advance):
                 m.d.sync += [
                     s.eq(value),
-                    is_listed.eq(stage2.tap & (stage2.dense | value.any())),
-                    is_zero.eq(stage2.tap & ~stage2.dense & ~value.any()),
+                    is_listed.eq(stage2b.tap & (stage2b.dense | value.any())),
+                    is_zero.eq(stage2b.tap & ~stage2b.dense & ~value.any()),
                 ]
             scaled.append(s)
             listed.append(is_listed)
@@ -425,6 +434,6 @@ class KernelScaler(wiring.Component):
                     with m.If(zero[co]):
                         m.d.sync += zeros[co].eq(zeros[co] + 1)
 
-        m.d.comb += self.busy.eq(active | stage1_valid | stage2_valid | stage3_valid |
+        m.d.comb += self.busy.eq(active | stage1_valid | stage2_valid | stage2b_valid | stage3_valid |
                                  build_complete | self.o_stream.valid)
         return m

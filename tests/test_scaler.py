@@ -419,7 +419,7 @@ def test_properties():
     dut = KernelScaler(kernel_size=5, in_channels=2, out_channels=3, max_width=640, max_height=480)
     assert (dut.kernel_size, dut.in_channels, dut.out_channels, dut.max_width, dut.max_height) == \
         (5, 2, 3, 640, 480)
-    assert dut.taps == 50 and dut.latency == 6
+    assert dut.taps == 50 and dut.latency == 7
     assert dut.position_cycles(np.full((2, 2, 5, 5), 7), prune_threshold=8).tolist() == [1, 1]
     assert dut.position_cycles(np.full((2, 5, 5), 8), prune_threshold=8) == 50
     with pytest.raises(AttributeError):
