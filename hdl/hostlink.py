@@ -224,9 +224,15 @@ class HostLink(wiring.Component):
                 with m.Case(2):
                     m.d.sync += tx_crc.eq(0)
 
+        # A state that has a byte to send says so (`want`), whether or not the tx register can
+        # take it; `can_send`, the latest signal (it comes from the transmitter's side), joins
+        # only in the last gate. The wire is kept so that synthesis does not fold it deeper.
+        want = Signal(attrs={"keep": 1})
+        m.d.comb += send.eq(want & can_send)
+
         def emit(byte, op=0):
-            """Load ``byte`` into the tx register (only when ``can_send``)."""
-            return [send.eq(1), send_byte.eq(byte), crc_op.eq(op)]
+            """Offer ``byte`` to the tx register; it is loaded when ``can_send``."""
+            return [want.eq(1), send_byte.eq(byte), crc_op.eq(op)]
 
         # -------- watchdog: cycles without any transfer ------------------------------------------
         idle_cycles = Signal(range(4 * timeout + 1))
@@ -505,29 +511,30 @@ class HostLink(wiring.Component):
                         m.d.sync += reply_data.eq(read_value_q)
                     with m.Case(3):
                         m.d.sync += reply_data.eq(Cat(C(0, 1), total))
+                m.d.comb += emit(REPLY_MAGIC, op=2)
                 with m.If(can_send):
-                    m.d.comb += emit(REPLY_MAGIC, op=2)
                     m.next = "REPLY_STATUS"
             with m.State("REPLY_STATUS"):
+                m.d.comb += emit(reply_status)
                 with m.If(can_send):
-                    m.d.comb += emit(reply_status)
                     m.next = "REPLY_LENGTH"
             with m.State("REPLY_LENGTH"):
+                m.d.comb += emit(reply_length)
                 with m.If(can_send):
-                    m.d.comb += emit(reply_length)
                     m.d.sync += reply_index.eq(0)
                     m.next = "REPLY_DATA"
                     with m.If(reply_length == 0):
                         m.next = "REPLY_CRC"
             with m.State("REPLY_DATA"):
+                m.d.comb += emit(reply_data[0:8])
                 with m.If(can_send):
-                    m.d.comb += emit(reply_data[0:8])
                     m.d.sync += [reply_data.eq(reply_data >> 8), reply_index.eq(reply_index + 1)]
                     with m.If(reply_index == reply_length - 1):
                         m.next = "REPLY_CRC"
             with m.State("REPLY_CRC"):
-                with m.If(can_send & ~crc_busy):
+                with m.If(~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
+                with m.If(can_send & ~crc_busy):
                     m.next = "IDLE"
                     with m.If(frame_after):
                         m.next = "FRAME"
@@ -564,8 +571,8 @@ class HostLink(wiring.Component):
                                 m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
                 with m.If(result_full):
+                    m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
                     with m.If(can_send):
-                        m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
                         m.d.sync += result_high.eq(~result_high)
                         with m.If(result_high):
                             m.d.sync += result_full.eq(0)
@@ -575,12 +582,13 @@ class HostLink(wiring.Component):
             with m.State("TRAILER_STATUS"):
                 with m.If(counting):                          # the frame was cut short
                     m.d.sync += [cycles.eq(cycle_count), counting.eq(0)]
+                m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
                 with m.If(can_send):
-                    m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
                     m.next = "TRAILER_CRC"
             with m.State("TRAILER_CRC"):
-                with m.If(can_send & ~crc_busy):
+                with m.If(~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
+                with m.If(can_send & ~crc_busy):
                     m.d.sync += frames.eq(frames + 1)
                     m.next = "IDLE"
         one_hot(fsm)

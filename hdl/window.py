@@ -274,9 +274,20 @@ class WindowGenerator(wiring.Component):
 
         # A pixel of this frame is offered (a `first` after the frame's start is not one).
         offered = self.i_stream.valid & ~(i_payload.first & ~at_start)
+        # `go`: the position would step if the pipeline advanced; `advance` (the output's stall,
+        # the latest signal) joins it only in the last gate of each enable. The wires are kept
+        # so that synthesis does not fold `advance` into deeper logic.
+        go          = Signal(attrs={"keep": 1})
+        go_emit     = Signal(attrs={"keep": 1})     # go, and a window completes
+        go_emit_end = Signal(attrs={"keep": 1})     # go_emit, at the end of an output row
+        m.d.comb += [
+            go.eq(running & (~needs_input | offered)),
+            go_emit.eq(go & emit),
+            go_emit_end.eq(go & emit & xo_end),
+        ]
         m.d.comb += [
             self.busy.eq(running),
-            step.eq(running & advance & (~needs_input | offered)),
+            step.eq(go & advance),
             pixel.eq(Mux(needs_input, i_payload.data, zero_pixel)),
         ]
         with m.If(running & needs_input):
@@ -335,18 +346,18 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += emit.eq(r == 0)
             with m.Else():
                 m.d.sync += emit.eq(yi_emit & xi_emit if r else 1)
-        with m.If(load_frame | (step & emit)):
+        with m.If(load_frame | (go_emit & advance)):
             with m.If(~running):
-                m.d.sync += [
-                    xo.eq(0), xo_left.eq(self.width - 1), xo_end.eq(self.width == 1),
-                    yo.eq(0), yo_left.eq(self.height - 1),
-                ]
+                m.d.sync += [xo.eq(0), xo_left.eq(self.width - 1), xo_end.eq(self.width == 1)]
             with m.Elif(xo_end):
-                m.d.sync += [xo.eq(0), xo_left.eq(width_m1), yo.eq(yo + 1), yo_left.eq(yo_left - 1),
-                             xo_end.eq(width_1)]
+                m.d.sync += [xo.eq(0), xo_left.eq(width_m1), xo_end.eq(width_1)]
             with m.Else():
-                m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1),
-                             xo_end.eq(xo_left == 1)]
+                m.d.sync += [xo.eq(xo + 1), xo_left.eq(xo_left - 1), xo_end.eq(xo_left == 1)]
+        with m.If(load_frame | (go_emit_end & advance)):
+            with m.If(~running):
+                m.d.sync += [yo.eq(0), yo_left.eq(self.height - 1)]
+            with m.Else():
+                m.d.sync += [yo.eq(yo + 1), yo_left.eq(yo_left - 1)]
 
         # Row remapping for the slice completed at this position (its centre row is yi - r) and
         # column remapping for the window completed at this position (its centre is (xo, yo)).
