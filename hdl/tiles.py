@@ -191,13 +191,17 @@ class TileAverager(wiring.Component):
         tiles_max = self._max_width // t            # entries of one bank
         m.submodules.window = window = self._window
 
-        errors = Signal(WindowErrors)
-        raised = Signal(WindowErrors)
-        m.d.comb += self.errors.eq(errors.as_value() | window.errors.as_value())
+        # Only bad_size is raised here; the marker errors are the window generator's.
+        bad_size = Signal()
+        raise_bad_size = Signal()
+        m.d.comb += [
+            self.errors.eq(window.errors),
+            self.errors.bad_size.eq(window.errors.bad_size | bad_size),
+        ]
         with m.If(self.clear_errors):
-            m.d.sync += errors.eq(raised)
+            m.d.sync += bad_size.eq(raise_bad_size)
         with m.Else():
-            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
+            m.d.sync += bad_size.eq(bad_size | raise_bad_size)
 
         # -------- front: frames of a bad size never reach the window generator --------------------
         # The window generator's own size check is looser than this one, so it never drains: it is
@@ -227,7 +231,7 @@ class TileAverager(wiring.Component):
                     with m.If(i_payload.last):
                         m.d.sync += draining.eq(0)
         with m.Elif(frame_start & ~size_ok):
-            m.d.comb += raised.bad_size.eq(1)
+            m.d.comb += raise_bad_size.eq(1)
             m.d.sync += [draining.eq(1), drain_took.eq(0)]
         with m.Else():
             m.d.comb += [
@@ -293,14 +297,16 @@ class TileAverager(wiring.Component):
                         bank_final[b].eq(tile_y == frame_tiles_y_m1),
                     ]
 
+        # Data registers (qualified by a valid flag) have no reset: a reset would gate the
+        # flip-flops' enables on iCE40.
         # Stage 1: column sums. Window row i + ky, column d (0 … T + 2r - 1) is density row
         # ty·T + i + ky - r, column tx·T + d - r of the replicate-extended map.
         span = t + 2 * r
         s1_valid = Signal()
-        s1_bank = Signal()
-        s1_tile_x = Signal(tiles_x_shape)
-        s1_row_end = Signal()
-        column_sums = [[[Signal(9 + shift, name=f"column_sum_{ky}_{d}_{ci}") for ci in range(c)]
+        s1_bank = Signal(reset_less=True)
+        s1_tile_x = Signal(tiles_x_shape, reset_less=True)
+        s1_row_end = Signal(reset_less=True)
+        column_sums = [[[Signal(9 + shift, name=f"column_sum_{ky}_{d}_{ci}", reset_less=True) for ci in range(c)]
                         for d in range(span)] for ky in range(k)]
         m.d.sync += s1_valid.eq(take & centre)
         with m.If(take & centre):
@@ -317,9 +323,9 @@ class TileAverager(wiring.Component):
 
         # Stage 2: row sums of T column sums, rounded: the tile's A.
         s2_valid = Signal()
-        s2_address = Signal(range(2 * tiles_max))
-        s2_row_end = Signal()
-        averages = [[[Signal(9, name=f"average_{ci}_{ky}_{kx}") for kx in range(k)] for ky in range(k)]
+        s2_address = Signal(range(2 * tiles_max), reset_less=True)
+        s2_row_end = Signal(reset_less=True)
+        averages = [[[Signal(9, name=f"average_{ci}_{ky}_{kx}", reset_less=True) for kx in range(k)] for ky in range(k)]
                     for ci in range(c)]
         m.d.sync += s2_valid.eq(s1_valid)
         with m.If(s1_valid):
@@ -361,10 +367,10 @@ class TileAverager(wiring.Component):
         row_replayed = step & tile_row_end
 
         sr_valid = Signal()
-        sr_x = Signal.like(o_payload.x)
-        sr_y = Signal.like(o_payload.y)
-        sr_first = Signal()
-        sr_last = Signal()
+        sr_x = Signal.like(o_payload.x, reset_less=True)
+        sr_y = Signal.like(o_payload.y, reset_less=True)
+        sr_first = Signal(reset_less=True)
+        sr_last = Signal(reset_less=True)
         m.d.comb += [
             rd.addr.eq(Mux(read_bank, out_tile_x + tiles_max, out_tile_x)),
             rd.en.eq(advance),

@@ -100,6 +100,27 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="tiles",
+        component="hdl.tiles:TileAverager",
+        summary="tap densities of T×T tiles (tile size > 1), repeated for every pixel of the tile",
+        parameters={
+            "kernel_size": (3, "kernel size K (odd)"),
+            "channels":    (1, "channels of the density map"),
+            "tile_size":   (4, "tile size T (power of two, T + K <= 15)"),
+            "max_width":   (640, "largest frame width (a multiple of T)"),
+            "max_height":  (480, "largest frame height (a multiple of T)"),
+        },
+        testbench="dynsparse.sim.tb.tb_tiles",
+        test_variants={
+            "k3c1t4": {"block": {"kernel_size": 3, "channels": 1, "tile_size": 4,
+                                 "max_width": 32, "max_height": 32},
+                       "frame": [16, 24]},
+            "k5c2t2": {"block": {"kernel_size": 5, "channels": 2, "tile_size": 2,
+                                 "max_width": 16, "max_height": 16},
+                       "frame": [8, 12]},
+        },
+    ),
+    Block(
         name="uart_rx",
         component="hdl.uart:UARTReceiver",
         summary="UART receiver, 8N1, framing and overrun flags",
