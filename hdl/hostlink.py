@@ -268,6 +268,9 @@ class HostLink(wiring.Component):
         awaiting     = Signal()                       # results still to come
         pixels_in    = Signal.like(frame_pixels)     # bytes written into the FIFO
         pixels_out   = Signal.like(frame_pixels)     # bytes taken by the pipeline
+        in_last      = Signal()                       # pixels_in == last_pixel
+        out_first    = Signal()                       # pixels_out == 0
+        out_last     = Signal()                       # pixels_out == last_pixel
         results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
         final_result = Signal()                       # results_in == last_pixel, kept as a flag
         filling      = Signal()                       # the rest of the frame is zeros
@@ -283,15 +286,15 @@ class HostLink(wiring.Component):
                 m.d.comb += [self.rx.ready.eq(fifo.i_stream.ready), fifo.i_stream.valid.eq(self.rx.valid),
                              fifo.i_stream.payload.eq(self.rx.payload)]
         with m.If(fifo.i_stream.valid & fifo.i_stream.ready):
-            m.d.sync += pixels_in.eq(pixels_in + 1)
-            with m.If(pixels_in == last_pixel):
+            m.d.sync += [pixels_in.eq(pixels_in + 1), in_last.eq(pixels_in == before_last)]
+            with m.If(in_last):
                 m.d.sync += writing.eq(0)
 
         m.d.comb += [
             self.pixel.valid.eq(fifo.o_stream.valid),
             self.pixel.payload.data.eq(fifo.o_stream.payload),
-            self.pixel.payload.first.eq(pixels_out == 0),
-            self.pixel.payload.last.eq(pixels_out == last_pixel),
+            self.pixel.payload.first.eq(out_first),
+            self.pixel.payload.last.eq(out_last),
             fifo.o_stream.ready.eq(self.pixel.ready),
         ]
         counting = Signal()
@@ -299,10 +302,11 @@ class HostLink(wiring.Component):
         with m.If(counting):
             m.d.sync += cycle_count.eq(cycle_count + 1)
         with m.If(self.pixel.valid & self.pixel.ready):
-            m.d.sync += pixels_out.eq(pixels_out + 1)
-            with m.If(pixels_out == last_pixel):
+            m.d.sync += [pixels_out.eq(pixels_out + 1), out_first.eq(0),
+                         out_last.eq(pixels_out == before_last)]
+            with m.If(out_last):
                 m.d.sync += taking.eq(0)
-            with m.If(pixels_out == 0):
+            with m.If(out_first):
                 m.d.sync += [counting.eq(1), cycle_count.eq(1)]
 
         # -------- command packets ----------------------------------------------------------------
@@ -497,6 +501,7 @@ class HostLink(wiring.Component):
                     in_frame.eq(1),
                     frame_pixels.eq(total), last_pixel.eq(total - 1), before_last.eq(total - 2),
                     pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
+                    in_last.eq(total == 1), out_first.eq(1), out_last.eq(total == 1),
                     final_result.eq(total == 1),
                     writing.eq(1), taking.eq(1), awaiting.eq(1),
                     filling.eq(0), aborting.eq(0), timed_out.eq(0),
