@@ -51,6 +51,16 @@ BOARDS = {board.name: board for board in [
 ]}
 
 
+#: Yosys commands run after reading the design. Memories that are never read and written at
+#: the same address in the same cycle carry the `no_rw_check` attribute (the window
+#: generator's line buffer, the host link's pixel FIFO); Yosys' Verilog frontend turns it
+#: into "collision result undefined" on their read ports, its RTLIL frontend (Amaranth's
+#: build) does not, so it is set here, or Yosys builds read-during-write logic behind the
+#: block RAM's data output (on ECP5 a LUT after the DP16KD's 5.8 ns clock-to-output).
+SCRIPT_AFTER_READ = ("setparam -set COLLISION_X_MASK 1'1 */r:MEMID=\\line_buffer "
+                     "*/r:MEMID=\\storage %u */t:$memrd_v2 %i")
+
+
 def _board(name):
     if name not in BOARDS:
         raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {name!r}")
@@ -70,7 +80,8 @@ def build_bitstream(board_name, *, build_root=Path("build/boards"), baud=115200,
         f"this takes a few minutes ...")
     try:
         platform.build(BoardTop(baud=baud, **top_params), name=name, build_dir=str(build_dir),
-                       synth_opts=board.synth_opts, nextpnr_opts=nextpnr_opts)
+                       synth_opts=board.synth_opts, nextpnr_opts=nextpnr_opts,
+                       script_after_read=SCRIPT_AFTER_READ)
     except Exception as error:      # Amaranth raises a plain error with the tool's exit status
         log_tail = ""
         for candidate in ("top.tim", f"{name}.tim", f"{name}.rpt"):
