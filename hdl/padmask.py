@@ -1,7 +1,8 @@
-"""The padding mask of seed 001 in flip-flops: one bit per padding block, looked up per window element."""
+"""The padding mask of seed 001 in block RAM: one bit per padding block, looked up per window element."""
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .frame import check_int, coord_width
@@ -10,15 +11,25 @@ from .frame import check_int, coord_width
 __all__ = ["PaddingMask"]
 
 
+#: Mask bits per memory word.
+WORD_BITS = 16
+
+
 class PaddingMask(wiring.Component):
     """Mask bits of the padding blocks a window reads (geometry of :mod:`dynsparse.golden.padmask`).
 
     The ring of padding around a ``width × height`` frame is cut into blocks
     of ``B`` pixels: bands ``top`` (0), ``bottom`` (1), ``left`` (2) and
-    ``right`` (3). Each band is a register of one bit per block, sized for a
-    ``max_width × max_height`` frame (top and bottom ``ceil((max_width +
-    2r) / B)``, left and right ``ceil(max_height / B)``), so no runtime frame
-    can have a block the memory lacks. Every bit resets to 1 (included).
+    ``right`` (3), each sized for a ``max_width × max_height`` frame (top and
+    bottom ``ceil((max_width + 2r) / B)`` blocks, left and right
+    ``ceil(max_height / B)``), so no runtime frame can have a block the memory
+    lacks. One bit per block, 1 = included.
+
+    Each band is a memory of 16-bit words (block RAM) read at two words per
+    lookup, plus one flip-flop per word that says the word was not written
+    since reset: such a word reads as all ones, and the first write to it
+    writes the whole word. So the mask *resets to all-included* in one cycle
+    without clearing the memory.
 
     A window element ``(dy, dx)`` of the window centred on ``(x, y)`` that lies
     outside the frame belongs to the top band if its row is outside and
@@ -26,8 +37,7 @@ class PaddingMask(wiring.Component):
     to the left band if ``dx < r`` and to the right band if ``dx > r``. Along
     top and bottom its block is ``(x + dx) >> log2(B)``; along left and right
     ``(y + dy - r) >> log2(B)``. The K elements of a window row (column) touch
-    at most :attr:`spread` consecutive blocks of a band, so each band needs
-    only that many lookups, shared by the elements.
+    at most :attr:`spread` consecutive blocks, which lie in two consecutive words.
 
     Parameters
     ----------
@@ -40,20 +50,21 @@ class PaddingMask(wiring.Component):
 
     Members
     -------
-    x, y : In(unsigned)
-        Centre of the window being looked up.
-    pad : In(ArrayLayout(ArrayLayout(1, K), K))
-        The window's padding flags; ``pad[dy][r]`` says its row is outside, ``pad[r][dx]`` its column.
+    lookup : In(1)
+        Look up the window ``x``, ``y``, ``pad`` offered in this cycle.
+    x, y : In(unsigned), pad : In(ArrayLayout(ArrayLayout(1, K), K))
+        The window's centre and padding flags (``pad[dy][r]``: its row is
+        outside, ``pad[r][dx]``: its column).
     bits : Out(ArrayLayout(ArrayLayout(1, K), K))
-        Combinational: the mask bit of the block holding each padded element
-        (meaningless for elements inside the frame).
+        From the cycle after a lookup until the next one: the mask bit of the
+        block of each element of the window looked up (1 for elements inside the frame).
     write : In(1)
         Strobe: set bit ``index`` of band ``band`` to ``value``.
     band : In(2), index : In(unsigned), value : In(1)
         The write's band (``top``, ``bottom``, ``left``, ``right`` = 0 … 3), block and value.
     width, height : In(unsigned)
-        The frame's size; a write to a block beyond its band (``index ≥ ceil((width
-        + 2r) / B)`` along top and bottom, ``≥ ceil(height / B)`` along left and right)
+        The frame's size; a write to a block beyond its band (``index·B ≥ width
+        + 2r`` along top and bottom, ``index·B ≥ height`` along left and right)
         is ignored and raises ``bad_write``.
     bad_write : Out(1)
         Combinational: the write offered in this cycle is out of range.
@@ -71,6 +82,7 @@ class PaddingMask(wiring.Component):
         k = kernel_size
         flags = data.ArrayLayout(data.ArrayLayout(unsigned(1), k), k)
         super().__init__({
+            "lookup":    In(1),
             "x":         In(coord_width(max_width)),
             "y":         In(coord_width(max_height)),
             "pad":       In(flags),
@@ -106,18 +118,15 @@ class PaddingMask(wiring.Component):
         if r == 0:
             m.d.comb += self.bad_write.eq(self.write)
             return m
-
-        bands = [Signal(size, init=(1 << size) - 1, name=f"mask_{name}")
-                 for size, name in zip(self._sizes, ("top", "bottom", "left", "right"))]
+        word_shift = WORD_BITS.bit_length() - 1
 
         # Writes: the block's first pixel along the band must lie inside the band.
         start = Cat(C(0, shift), self.index)
         in_range = Mux(self.band[1], start < self.height, start < self.width + 2 * r)
         m.d.comb += self.bad_write.eq(self.write & ~in_range)
-        with m.If(self.write & in_range):
-            for number, bits in enumerate(bands):
-                with m.If(self.band == number):
-                    m.d.sync += bits.bit_select(self.index, 1).eq(self.value)
+        # Memory word w + 1 holds bits 16·w … 16·w + 15 of a band: a lookup's first block
+        # may be -1 … -ceil(r / B) (rows above the frame, unused), which then lies in word 0.
+        word, bit = (self.index >> word_shift) + 1, self.index[:word_shift]
 
         # Lookups: along top/bottom, the blocks of columns x - r + dx are (x >> b) + d with
         # d = ((x mod B) + dx) >> b; along left/right the blocks of rows y - r + dy are
@@ -127,23 +136,57 @@ class PaddingMask(wiring.Component):
         y_lifted = self.y + (lift - r)
         column_base = self.x >> shift
         row_base = (y_lifted >> shift) - lift // self._block_size
-        column_phase = self.x[:shift] if shift else C(0, 1)
-        row_phase = y_lifted[:shift] if shift else C(0, 1)
 
-        def lookups(bits, base):
-            return [bits.bit_select((base + d)[:self.index_width], 1) for d in range(self.spread)]
+        def registered(value, name):
+            reg = Signal.like(value, name=name, reset_less=True)
+            with m.If(self.lookup):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        windows = []                 # per band: the 2·16 bits from the looked-up block on
+        for number, (size, name) in enumerate(zip(self._sizes, ("top", "bottom", "left", "right"))):
+            words = -(-size // WORD_BITS) + 2            # word 0 below, and one above for the second read
+            # (block RAM even when small: in logic, 2 read ports of 16-bit words cost far more)
+            memory = Memory(shape=WORD_BITS, depth=words, init=[(1 << WORD_BITS) - 1] * words,
+                            attrs={"ram_style": "block"})
+            m.submodules[f"mask_{name}"] = memory
+            unwritten = Signal(words, init=(1 << words) - 1, name=f"unwritten_{name}")
+            writer = memory.write_port(granularity=1)
+            fresh = unwritten.bit_select(word, 1)
+            m.d.comb += [
+                writer.addr.eq(word),
+                writer.data.eq(Mux(fresh, ~(C(1, WORD_BITS) << bit), 0) | Mux(self.value, C(-1, WORD_BITS), 0)),
+                writer.en.eq(Mux(self.write & in_range & (self.band == number),
+                                 Mux(fresh, C(-1, WORD_BITS), C(1, WORD_BITS) << bit), 0)),
+            ]
+            with m.If(self.write & in_range & (self.band == number)):
+                m.d.sync += unwritten.bit_select(word, 1).eq(0)
+            base = ((column_base if number < 2 else row_base) + WORD_BITS)[:self.index_width + word_shift]
+            address = base >> word_shift
+            halves = []
+            for half in range(2):
+                reader = memory.read_port(domain="sync")
+                m.d.comb += [reader.addr.eq(address + half), reader.en.eq(self.lookup)]
+                stale = registered(unwritten.bit_select(address + half, 1), f"unwritten_{name}{half}")
+                halves.append(reader.data | stale.replicate(WORD_BITS))
+            offset = registered(base[:word_shift], f"offset_{name}")
+            windows.append(Cat(*halves).bit_select(offset, self.spread))
+
+        pad = registered(self.pad.as_value(), "pad")
+        column_phase = registered(self.x[:shift] if shift else C(0, 1), "column_phase")
+        row_phase = registered(y_lifted[:shift] if shift else C(0, 1), "row_phase")
 
         def pick(candidates, phase, offset):
             step = (phase + offset) >> shift
-            return Cat(*candidates).bit_select(step, 1) if len(candidates) > 1 else candidates[0]
+            return candidates.bit_select(step, 1) if len(candidates) > 1 else candidates[0]
 
-        top, bottom = (lookups(bands[n], column_base) for n in (0, 1))
-        left, right = (lookups(bands[n], row_base) for n in (2, 3))
+        top, bottom, left, right = windows
         for dy in range(k):
             for dx in range(k):
                 row_band = top if dy < r else bottom if dy > r else None
                 column_band = left if dx < r else right if dx > r else None
-                row_bit = pick(row_band, column_phase, dx) if row_band else C(1, 1)
-                column_bit = pick(column_band, row_phase, dy) if column_band else C(1, 1)
-                m.d.comb += self.bits[dy][dx].eq(Mux(self.pad[dy][r], row_bit, column_bit))
+                row_bit = pick(row_band, column_phase, dx) if row_band is not None else C(1, 1)
+                column_bit = pick(column_band, row_phase, dy) if column_band is not None else C(1, 1)
+                m.d.comb += self.bits[dy][dx].eq(Mux(pad[dy * k + r], row_bit,
+                                                     Mux(pad[r * k + dx], column_bit, 1)))
         return m

@@ -104,7 +104,7 @@ class SparseConv(wiring.Component):
         Counters, wrapping modulo ``2**32``: engine steps (cycles in which the
         engine performed a MAC step or passed a position without work; stall
         cycles are not counted), MACs performed, and taps skipped for pruning,
-        zero weight and padding. The skip counters lag a position's load by one cycle.
+        zero weight and padding. The skip counters lag a position's first step by one cycle.
     clear_counters : In(1)
         Sets every counter to 0 (an increment in the same cycle is lost).
     errors : Out(SparseConvErrors), clear_errors : In(1)
@@ -137,7 +137,7 @@ class SparseConv(wiring.Component):
     """
 
     #: Registers from a position's last engine step to its result register: entry,
-    #: operands, product, result (the window register and the engine step come first).
+    #: operands, product, result (the window register, where the steps happen, comes first).
     _MAC_STAGES = 4
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
@@ -228,7 +228,7 @@ class SparseConv(wiring.Component):
     def latency(self):
         """Cycles from accepting a window into an idle engine (its tap list waiting) to
         offering its result, for a position of one step; add ``steps - 1`` otherwise."""
-        return 2 + self._MAC_STAGES + (REQUANT_STAGES if self._requantize else 0)
+        return 1 + self._MAC_STAGES + (REQUANT_STAGES if self._requantize else 0)
 
     def cycles_per_position(self, active):
         """Engine steps of positions whose outputs perform ``active[..., C_out]`` taps."""
@@ -271,36 +271,45 @@ class SparseConv(wiring.Component):
         w_valid = Signal()
         pixels_layout = window.payload.shape()["data"].shape
         w_pixels = Signal(pixels_layout, reset_less=True)
-        w_excluded = Signal(k * k, reset_less=True)         # element (dy, dx) at bit dy·K + dx
+        w_pad = Signal(k * k, reset_less=True)              # element (dy, dx) at bit dy·K + dx
+        w_zero, w_dense = Signal(reset_less=True), Signal(reset_less=True)
         w_meta = Signal(meta_layout, reset_less=True)
-        load = Signal()                                     # the engine takes window and tap list
-        m.d.comb += window.ready.eq(~w_valid | load)
+        done = Signal()                                     # the position in the engine ends
+        m.d.comb += [
+            window.ready.eq(~w_valid | done),
+            mask.lookup.eq(window.valid & window.ready),    # its bits arrive with the window
+        ]
         with m.If(window.valid & window.ready):
             m.d.sync += [
                 w_valid.eq(1),
                 w_pixels.eq(window.payload.data),
-                w_excluded.eq(Cat(~dense & window.payload.pad[dy][dx] &
-                                  ((mode == PadMode.ZERO) | ~mask.bits[dy][dx])
-                                  for dy in range(k) for dx in range(k))),
+                w_pad.eq(window.payload.pad.as_value()),
+                w_zero.eq(mode == PadMode.ZERO),
+                w_dense.eq(dense),
                 w_meta.eq(Cat(window.payload.x, window.payload.y,
                               window.payload.first, window.payload.last)),
             ]
             with m.If(window.payload.first):
                 m.d.sync += [frame_mode.eq(self.pad_mode), frame_dense.eq(self.dense)]
-        with m.Elif(load):
+        with m.Elif(done):
             m.d.sync += w_valid.eq(0)
 
+        w_excluded = Signal(k * k)
+        m.d.comb += w_excluded.eq(Cat(~w_dense & w_pad[dy * k + dx] & (w_zero | ~mask.bits[dy][dx])
+                                      for dy in range(k) for dx in range(k)))
+
         # -------- engine: the position being walked ----------------------------------------------
-        tap_shape = tap_layout(kernel_size=k, in_channels=self._in_channels)
-        e_valid = Signal()
-        e_pixels = Signal(pixels_layout, reset_less=True)
-        e_meta = Signal(meta_layout, reset_less=True)
-        e_taps = [[Signal(tap_shape, name=f"tap_{co}_{i}", reset_less=True) for i in range(n)]
-                  for co in range(c_out)]
+        # The position is the window register and the tap list offered on i_taps, which its
+        # source holds until the position's last step takes it; the next window waits on
+        # i_window meanwhile. Both enter in the cycle the position ends: no bubble, and no
+        # copy of the lists in this block.
+        started = Signal()                                  # the position's first step is done
         pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
 
         # entries of the offered tap lists: performed, skipped for padding, malformed
         lists = taps.payload.lists
+        tap_shape = tap_layout(kernel_size=k, in_channels=self._in_channels)
+        excluded_rows = Array(Array(w_excluded[dy * k + dx] for dx in range(k)) for dy in range(k))
         todo, padding, bad = [], [], Const(0, 1)
         for co in range(c_out):
             count = lists[co].count
@@ -309,16 +318,20 @@ class SparseConv(wiring.Component):
             for i, tap in enumerate(lists[co].taps):
                 listed = (count > i) & ~count_bad
                 malformed = (tap.dy >= k) | (tap.dx >= k) | (tap.ci >= self._in_channels)
-                excluded = w_excluded.bit_select(tap.dy * k + tap.dx, 1)
+                excluded = excluded_rows[tap.dy][tap.dx]
                 todo_bits.append(listed & ~malformed & ~excluded)
                 padding_bits.append(listed & ~malformed & excluded)
                 bad = bad | (listed & malformed)
             bad = bad | count_bad
-            todo.append(Cat(*todo_bits))
-            padding.append(Cat(*padding_bits))
+            todo.append(Signal(n, name=f"todo_{co}"))
+            padding.append(Signal(n, name=f"padding_{co}"))
+            m.d.comb += [todo[-1].eq(Cat(*todo_bits)), padding[-1].eq(Cat(*padding_bits))]
 
+        # the entries still to do: all of the list at the first step
+        vectors = [Signal(n, name=f"vector_{co}") for co in range(c_out)]
+        m.d.comb += [vectors[co].eq(Mux(started, pending[co], todo[co])) for co in range(c_out)]
         # the group walked this step: the first one with work
-        group_work = [Cat(*pending[g * lanes:(g + 1) * lanes]).any() for g in range(groups)]
+        group_work = [Cat(*vectors[g * lanes:(g + 1) * lanes]).any() for g in range(groups)]
         group = Signal(range(max(2, groups)))
         for g in reversed(range(groups)):
             with m.If(group_work[g]):
@@ -331,40 +344,45 @@ class SparseConv(wiring.Component):
 
         lane_taps, lane_active, lane_rest = [], [], []
         for j in range(lanes):
-            vector = of_group([pending[g * lanes + j] if g * lanes + j < c_out else C(0, n)
+            vector = of_group([vectors[g * lanes + j] if g * lanes + j < c_out else C(0, n)
                                for g in range(groups)])
-            first = vector & (~vector + 1)[:n]          # the lowest set bit
-            lane_rest.append(vector & ~first)
-            lane_active.append(vector.any())
-            entries = [of_group([e_taps[g * lanes + j][i].as_value() if g * lanes + j < c_out
+            lane_vector, first = Signal(n, name=f"lane_vector{j}"), Signal(n, name=f"lane_first{j}")
+            lane_rest.append(Signal(n, name=f"lane_rest{j}"))
+            lane_active.append(Signal(name=f"lane_active{j}"))
+            m.d.comb += [
+                lane_vector.eq(vector),
+                first.eq(lane_vector & (~lane_vector + 1)[:n]),      # the lowest set bit
+                lane_rest[j].eq(lane_vector & ~first),
+                lane_active[j].eq(lane_vector.any()),
+            ]
+            entries = [of_group([lists[g * lanes + j].taps[i].as_value() if g * lanes + j < c_out
                                  else C(0, tap_shape.size) for g in range(groups)]) for i in range(n)]
             # one-hot select: an AND-OR of the entries
             lane_taps.append(functools.reduce(operator.or_, (Mux(first[i], entries[i], 0) for i in range(n))))
-        group_end = Cat(*(rest.any() for rest in lane_rest)) == 0
-        position_end = group_end & ~later_work
+        group_end, position_end = Signal(), Signal()
+        m.d.comb += [
+            group_end.eq(Cat(*(rest.any() for rest in lane_rest)) == 0),
+            position_end.eq(group_end & ~later_work),
+        ]
 
         step = Signal()
+        first_step = Signal()
         # (plain assignments, not under m.If: Icarus may never run a combinational process
         # whose inputs do not change after time 0, which would leave these undefined)
         m.d.comb += [
-            raised.bad_tap.eq(load & bad),
-            raised.misaligned.eq(load & (w_meta.as_value() != Cat(taps.payload.x, taps.payload.y,
-                                                                   taps.payload.first, taps.payload.last))),
-            step.eq(advance & e_valid),
-            load.eq(advance & w_valid & taps.valid & (~e_valid | position_end)),
-            taps.ready.eq(load),
+            step.eq(advance & w_valid & taps.valid),
+            first_step.eq(step & ~started),
+            done.eq(step & position_end),
+            taps.ready.eq(done),
+            raised.bad_tap.eq(first_step & bad),
+            raised.misaligned.eq(first_step & (w_meta.as_value() != Cat(
+                taps.payload.x, taps.payload.y, taps.payload.first, taps.payload.last))),
         ]
-        with m.If(load):
-            m.d.sync += [e_valid.eq(1), e_pixels.eq(w_pixels), e_meta.eq(w_meta)]
-            m.d.sync += [pending[co].eq(todo[co]) for co in range(c_out)]
-            m.d.sync += [e_taps[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
-        with m.Elif(step):
-            with m.If(position_end):
-                m.d.sync += e_valid.eq(0)
+        with m.If(step):
+            m.d.sync += started.eq(~position_end)
             for g in range(groups):
-                with m.If(group == g):
-                    m.d.sync += [pending[g * lanes + j].eq(lane_rest[j])
-                                 for j in range(lanes) if g * lanes + j < c_out]
+                m.d.sync += [pending[g * lanes + j].eq(Mux(group == g, lane_rest[j], vectors[g * lanes + j]))
+                             for j in range(lanes) if g * lanes + j < c_out]
 
         # -------- counters ---------------------------------------------------------------------
         # The skip counts of a loaded position are registered raw and added up the next cycle.
@@ -372,8 +390,8 @@ class SparseConv(wiring.Component):
         skip_pruned = [Signal.like(lists[co].pruned, name=f"skip_pruned_{co}") for co in range(c_out)]
         skip_zero = [Signal.like(lists[co].zero, name=f"skip_zero_{co}") for co in range(c_out)]
         skip_padding = Signal(c_out * n)
-        m.d.sync += loaded.eq(load)
-        with m.If(load):
+        m.d.sync += loaded.eq(first_step)
+        with m.If(first_step):
             m.d.sync += [skip_pruned[co].eq(lists[co].pruned) for co in range(c_out)]
             m.d.sync += [skip_zero[co].eq(lists[co].zero) for co in range(c_out)]
             m.d.sync += skip_padding.eq(Cat(*padding))
@@ -399,7 +417,7 @@ class SparseConv(wiring.Component):
             return reg
 
         tags = {"step": step, "group_end": group_end, "position_end": position_end}
-        tag_group, tag_meta = group, e_meta
+        tag_group, tag_meta = group, w_meta
         in_flight = []                      # the step tag of every stage, for busy
 
         def delay_tags(stage):
@@ -413,11 +431,15 @@ class SparseConv(wiring.Component):
         # stage 1: the selected entries, and the window they read
         e1_active = [register(lane_active[j], f"e1_active{j}") for j in range(lanes)]
         e1_taps = [tap_shape(register(lane_taps[j], f"e1_tap{j}")) for j in range(lanes)]
-        e1_pixels = pixels_layout(register(e_pixels.as_value(), "e1_pixels"))
+        e1_pixels = pixels_layout(register(w_pixels.as_value(), "e1_pixels"))
         delay_tags("e1")
         # stage 2: multiplier operands (DSP input registers)
         weights = [register(Mux(e1_active[j], e1_taps[j].weight, 0), f"e2_weight{j}") for j in range(lanes)]
-        pixel_values = [register(e1_pixels[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], f"e2_pixel{j}")
+        # (nested Arrays become multiplexers; a dynamic index into the flat window would
+        # become a shifter)
+        pixel_array = Array(Array(Array(e1_pixels[dy][dx][ci] for ci in range(self._in_channels))
+                                  for dx in range(k)) for dy in range(k))
+        pixel_values = [register(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], f"e2_pixel{j}")
                         for j in range(lanes)]
         delay_tags("e2")
         # stage 3: products (DSP output registers)
@@ -460,5 +482,5 @@ class SparseConv(wiring.Component):
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
 
-        m.d.comb += self.busy.eq(Cat(w_valid, e_valid, self.o_stream.valid, *in_flight).any())
+        m.d.comb += self.busy.eq(Cat(w_valid, self.o_stream.valid, *in_flight).any())
         return m
