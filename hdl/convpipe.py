@@ -8,6 +8,7 @@ from .frame import check_int, pixel_layout
 from .pipeline import DensityPipeline
 from .scaler import KernelScaler, ScalerErrors, tap_densities_from_window
 from .skid import StreamFIFO
+from .tiles import TileAverager
 from .sparseconv import SparseConv, SparseConvErrors
 from .window import PadMode, WindowErrors, WindowGenerator
 
@@ -71,7 +72,9 @@ class SparseConvPipeline(wiring.Component):
       (``density_kernel_size``) gives each pixel's UQ1.8 density per channel; a
       :class:`~dynsparse.hdl.window.WindowGenerator` with ``REPLICATE`` padding
       turns the density map into each output position's tap densities (tile size
-      1, :func:`~dynsparse.hdl.scaler.tap_densities_from_window`); the
+      1, :func:`~dynsparse.hdl.scaler.tap_densities_from_window`), or with
+      ``tile_size > 1`` a :class:`~dynsparse.hdl.tiles.TileAverager` gives each
+      position its tile's tap densities; the
       :class:`~dynsparse.hdl.scaler.KernelScaler` scales, prunes and compacts the
       weights into one tap list per output channel;
     - **pixel branch**: a block-RAM FIFO (:attr:`fifo_depth` pixels) holds the
@@ -81,9 +84,9 @@ class SparseConvPipeline(wiring.Component):
 
     and :class:`~dynsparse.hdl.sparseconv.SparseConv` joins each window with its
     tap lists. Bit-exact with ``golden.density.density_map`` →
-    ``golden.sparseconv.tap_densities`` (tile 1) → ``tap_lists`` →
-    ``sparse_conv`` (→ ``requantize``); in ``dense`` mode with
-    ``dense_tap_lists`` and nothing skipped.
+    ``golden.sparseconv.tap_densities`` (``tile_size``) → ``tap_lists`` →
+    (``expand_tiles``) → ``sparse_conv`` (→ ``requantize``); in ``dense`` mode
+    with ``dense_tap_lists`` and nothing skipped.
 
     Parameters
     ----------
@@ -95,6 +98,12 @@ class SparseConvPipeline(wiring.Component):
         As :class:`~dynsparse.hdl.sparseconv.SparseConv`.
     max_width, max_height : int
         Largest frame.
+    tile_size : int
+        Tile size ``T`` of the tap densities: 1 (default) for every pixel's own
+        K×K window, or a power of two 2 … 8 with ``T + K <= 15``
+        (:class:`~dynsparse.hdl.tiles.TileAverager`). With ``T > 1`` the frame's
+        width and height must be multiples of T (and ``max_width``/``max_height``
+        too); the pixel FIFO grows by the tile averager's look-ahead.
 
     Members
     -------
@@ -131,8 +140,18 @@ class SparseConvPipeline(wiring.Component):
     FIFO_SLACK = 64
 
     def __init__(self, *, kernel_size=3, density_kernel_size=3, in_channels=1, out_channels=8, lanes=8,
-                 max_width=640, max_height=480, block_size=4, requantize=False):
+                 max_width=640, max_height=480, block_size=4, requantize=False, tile_size=1):
         check_int("density kernel size", density_kernel_size, minimum=1, maximum=15, odd=True)
+        # tile_size 1 keeps the replicate window generator; larger tiles use a TileAverager,
+        # which checks T + K and the frame limits against T.
+        check_int("tile size", tile_size, minimum=1, maximum=16)
+        if tile_size & (tile_size - 1):
+            raise ValueError(f"tile size must be a power of two in [1, 16], not {tile_size!r}")
+        self._tile_size = tile_size
+        self._tiles = None
+        if tile_size > 1:
+            self._tiles = TileAverager(kernel_size=kernel_size, channels=in_channels, tile_size=tile_size,
+                                       max_width=max_width, max_height=max_height)
         self._density = DensityPipeline(kernel_size=density_kernel_size, channels=in_channels,
                                         max_width=max_width, max_height=max_height)
         self._density_window = WindowGenerator(kernel_size=kernel_size, channels=in_channels,
@@ -149,7 +168,13 @@ class SparseConvPipeline(wiring.Component):
         r_d = density_kernel_size // 2
         # The density branch consumes r_d rows and r_d pixels more than the pixel branch
         # before a position's tap list exists; its pipelines hold a few more.
-        self._fifo_depth = 1 << (r_d * max_width + r_d + self.FIFO_SLACK - 1).bit_length()
+        look_ahead = r_d * max_width + r_d
+        if self._tiles is not None:
+            # The tile averager needs look_ahead(width) density pixels where the replicate window
+            # needed r·width + r (matched by the pixel branch's own window generator).
+            r = kernel_size // 2
+            look_ahead += self._tiles.look_ahead(max_width) - (r * max_width + r)
+        self._fifo_depth = 1 << (look_ahead + self.FIFO_SLACK - 1).bit_length()
         self._requantize = requantize
         ports = {
             "i_stream":        In(stream.Signature(self._pixel_layout)),
@@ -185,7 +210,9 @@ class SparseConvPipeline(wiring.Component):
     lanes        = property(lambda self: self._engine.lanes)
     max_width    = property(lambda self: self._window.max_width)
     max_height   = property(lambda self: self._window.max_height)
-    min_width    = property(lambda self: max(self._window.min_width, self._density.min_width))
+    min_width    = property(lambda self: max(self._window.min_width, self._density.min_width,
+                                             self._tiles.min_width if self._tiles is not None else 1))
+    tile_size    = property(lambda self: self._tile_size)
     fifo_depth   = property(lambda self: self._fifo_depth,
                             doc="Pixels the pixel branch's FIFO holds (its memory's depth).")
 
@@ -193,7 +220,10 @@ class SparseConvPipeline(wiring.Component):
         m = Module()
         m.submodules.fork = fork = StreamFork(self._pixel_layout)
         m.submodules.density = density = self._density
-        m.submodules.density_window = density_window = self._density_window
+        if self._tiles is None:
+            m.submodules.density_window = density_window = self._density_window
+        else:
+            m.submodules.density_tiles = density_window = self._tiles
         m.submodules.scaler = scaler = self._scaler
         m.submodules.pixel_fifo = fifo = StreamFIFO(self._pixel_layout, depth=self._fifo_depth)
         m.submodules.window = window = self._window
@@ -210,9 +240,13 @@ class SparseConvPipeline(wiring.Component):
             density_window.i_stream.payload.last.eq(density.o_stream.payload.last),
             density.o_stream.ready.eq(density_window.i_stream.ready),
             scaler.i_stream.valid.eq(density_window.o_stream.valid),
-            scaler.i_stream.payload.eq(tap_densities_from_window(density_window.o_stream.payload)),
             density_window.o_stream.ready.eq(scaler.i_stream.ready),
         ]
+        if self._tiles is None:
+            m.d.comb += scaler.i_stream.payload.eq(
+                tap_densities_from_window(density_window.o_stream.payload))
+        else:
+            m.d.comb += scaler.i_stream.payload.eq(density_window.o_stream.payload)
         connect(m, scaler.o_stream, engine.i_taps)
 
         # pixel branch
@@ -225,7 +259,6 @@ class SparseConvPipeline(wiring.Component):
             density.width.eq(self.width), density.height.eq(self.height),
             density.inv_ref_var.eq(self.inv_ref_var),
             density_window.width.eq(self.width), density_window.height.eq(self.height),
-            density_window.pad_mode.eq(PadMode.REPLICATE),
             window.width.eq(self.width), window.height.eq(self.height),
             window.pad_mode.eq(self.pad_mode),
             scaler.prune_threshold.eq(self.prune_threshold),
@@ -257,6 +290,8 @@ class SparseConvPipeline(wiring.Component):
             self.busy.eq(density.busy | density_window.busy | scaler.busy | window.busy | engine.busy
                          | fifo.o_stream.valid),
         ]
+        if self._tiles is None:
+            m.d.comb += density_window.pad_mode.eq(PadMode.REPLICATE)
         if self._requantize:
             m.d.comb += [engine.multiplier.eq(self.multiplier), engine.shift.eq(self.shift)]
         return m

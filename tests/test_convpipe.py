@@ -8,7 +8,7 @@ from dynsparse.golden.density import density_map, inv_ref_var
 from dynsparse.golden.images import real_image
 from dynsparse.golden.padmask import mask_length
 from dynsparse.golden.sparseconv import (
-    dense_tap_lists, requantize, sparse_conv, tap_densities, tap_lists,
+    dense_tap_lists, expand_tiles, requantize, sparse_conv, tap_densities, tap_lists,
 )
 from dynsparse.hdl.convpipe import SparseConvPipeline, StreamFork
 from dynsparse.hdl.window import PadMode
@@ -22,14 +22,19 @@ COUNTERS = ("cycles", "performed", "skipped_pruned", "skipped_zero", "skipped_pa
 
 
 def golden_chain(frame, weights, *, ref_std, threshold, pad_mode, mask, dense, lanes, density_k, block_size=4,
-                 multiplier=None, shift=None):
+                 multiplier=None, shift=None, tile_size=1):
     height, width, _ = frame.shape
     k = weights.shape[-1]
     if dense:
         lists = dense_tap_lists(weights, (height, width))
     else:
         density = density_map(frame, kernel_size=density_k, inv_ref_var=inv_ref_var(ref_std))
-        lists = tap_lists(weights, tap_densities(density, kernel_size=k), prune_threshold=threshold)
+        if tile_size == 1:
+            lists = tap_lists(weights, tap_densities(density, kernel_size=k), prune_threshold=threshold)
+        else:
+            lists = expand_tiles(tap_lists(weights, tap_densities(density, kernel_size=k, tile_size=tile_size),
+                                           prune_threshold=threshold),
+                                 height=height, width=width, tile_size=tile_size)
     acc, counters = sparse_conv(frame, lists, kernel_size=k, pad_mode=pad_mode, mask=mask,
                                 block_size=block_size, lanes=lanes, dense=dense)
     if multiplier is not None:
@@ -98,7 +103,7 @@ def simulate(dut, frames, weights, *, ref_std=16.0, threshold=64, pad_mode="zero
     for index, frame in enumerate(frames):
         expected, counters = golden_chain(frame, weights, ref_std=ref_std, threshold=threshold,
                                           pad_mode=pad_mode, mask=mask, dense=dense, lanes=dut.lanes,
-                                          density_k=3,
+                                          density_k=3, tile_size=dut.tile_size,
                                           multiplier=multiplier if dut._requantize else None, shift=shift)
         got = fields["data"][index * size:(index + 1) * size].reshape(height, width, -1)
         np.testing.assert_equal(got, expected, err_msg=f"frame {index}, {pad_mode}, dense={dense}, "
@@ -162,6 +167,34 @@ def test_requantized(kernel_size, in_channels):
     simulate(dut, [frame], weights, pad_mode="reflect", threshold=32, multiplier=300, shift=12)
 
 
+@pytest.mark.parametrize("tile_size,kernel_size,in_channels", [(2, 3, 2), (4, 3, 1), (2, 5, 1)])
+def test_tiles(tile_size, kernel_size, in_channels):
+    """Tap densities averaged over T×T tiles: a real image and a random frame back to back."""
+    rng = np.random.default_rng(40 + tile_size + kernel_size)
+    dut = make(kernel_size=kernel_size, in_channels=in_channels, out_channels=3, lanes=3, tile_size=tile_size)
+    height, width = 8, 12
+    image = real_image("camera", size=(height, width))[:, :, None].repeat(in_channels, axis=2)
+    frames = [image, rng.integers(0, 256, size=(height, width, in_channels), dtype=np.uint8)]
+    weights = rng.integers(-127, 128, size=(3, in_channels, kernel_size, kernel_size))
+    simulate(dut, frames, weights, pad_mode="replicate", threshold=40)
+
+
+@pytest.mark.parametrize("source,sink", [("random", "random"), ("none", "fixed")])
+def test_tiles_under_stalls(source, sink):
+    rng = np.random.default_rng(43)
+    dut = make(tile_size=4)
+    frame = real_image("text", size=(12, 16))[:, :, None]
+    weights = rng.integers(-127, 128, size=(4, 1, 3, 3))
+    simulate(dut, [frame], weights, pad_mode="zero", threshold=56, source=source, sink=sink, seed=5)
+
+
+def test_fifo_covers_the_tile_look_ahead():
+    dut = make(max_width=640, max_height=480, tile_size=4)
+    # density r_d = 1, then the tile averager's look-ahead beyond the pixel window's r·W + r
+    assert dut.fifo_depth >= (1 + 4 + 1) * 640 + 2 + SparseConvPipeline.FIFO_SLACK
+    assert make(max_width=640, max_height=480).fifo_depth == 1024
+
+
 def test_fifo_covers_the_density_look_ahead():
     dut = make(max_width=640, max_height=480)
     assert dut.fifo_depth >= 640 + 1 + SparseConvPipeline.FIFO_SLACK
@@ -191,6 +224,9 @@ def test_fork_offers_each_word_to_both_sides():
     ({"density_kernel_size": 4}, ValueError, r"^density kernel size must be an odd integer in \[1, 15\], not 4$"),
     ({"lanes": 0}, ValueError, r"^lane count must be an integer in \[1, 4\], not 0$"),
     ({"kernel_size": 2}, ValueError, r"^kernel size must be an odd integer in \[1, 15\], not 2$"),
+    ({"tile_size": 3}, ValueError, r"^tile size must be a power of two in \[1, 16\], not 3$"),
+    ({"tile_size": 0}, ValueError, r"^tile size must be an integer in \[1, 16\], not 0$"),
+    ({"tile_size": 8, "kernel_size": 9}, ValueError, r"^tile size plus kernel size must be at most 15, not 8 \+ 9$"),
 ])
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
