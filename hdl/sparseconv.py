@@ -1,6 +1,5 @@
 """The sparse-tap convolution engine: output-stationary MAC lanes that walk tap lists."""
 
-import functools
 import operator
 
 from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -18,13 +17,19 @@ from .window import PadMode, window_layout
 __all__ = ["SparseConvErrors", "SparseConv"]
 
 
-def _sum(values):
-    """Sum of ``values`` as a balanced tree of adders."""
+def _tree(values, combine):
+    """``values`` combined pairwise as a balanced tree (depth ``log2 n``, not ``n``: shorter
+    logic, and expressions shallow enough for the Python simulator at any list length)."""
     values = list(values)
     while len(values) > 1:
-        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+        values = [combine(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
                   for i in range(0, len(values), 2)]
     return values[0]
+
+
+def _sum(values):
+    """Sum of ``values`` as a balanced tree of adders."""
+    return _tree(values, operator.add)
 
 
 class SparseConvErrors(data.Struct):
@@ -310,7 +315,7 @@ class SparseConv(wiring.Component):
         lists = taps.payload.lists
         tap_shape = tap_layout(kernel_size=k, in_channels=self._in_channels)
         excluded_rows = Array(Array(w_excluded[dy * k + dx] for dx in range(k)) for dy in range(k))
-        todo, padding, bad = [], [], Const(0, 1)
+        todo, padding, bad_bits = [], [], []
         for co in range(c_out):
             count = lists[co].count
             count_bad = count > n if (1 << len(count)) - 1 > n else C(0, 1)
@@ -321,11 +326,12 @@ class SparseConv(wiring.Component):
                 excluded = excluded_rows[tap.dy][tap.dx]
                 todo_bits.append(listed & ~malformed & ~excluded)
                 padding_bits.append(listed & ~malformed & excluded)
-                bad = bad | (listed & malformed)
-            bad = bad | count_bad
+                bad_bits.append(listed & malformed)
+            bad_bits.append(count_bad)
             todo.append(Signal(n, name=f"todo_{co}"))
             padding.append(Signal(n, name=f"padding_{co}"))
             m.d.comb += [todo[-1].eq(Cat(*todo_bits)), padding[-1].eq(Cat(*padding_bits))]
+        bad = Cat(*bad_bits).any()
 
         # the entries still to do: all of the list at the first step
         vectors = [Signal(n, name=f"vector_{co}") for co in range(c_out)]
@@ -358,7 +364,7 @@ class SparseConv(wiring.Component):
             entries = [of_group([lists[g * lanes + j].taps[i].as_value() if g * lanes + j < c_out
                                  else C(0, tap_shape.size) for g in range(groups)]) for i in range(n)]
             # one-hot select: an AND-OR of the entries
-            lane_taps.append(functools.reduce(operator.or_, (Mux(first[i], entries[i], 0) for i in range(n))))
+            lane_taps.append(_tree((Mux(first[i], entries[i], 0) for i in range(n)), operator.or_))
         group_end, position_end = Signal(), Signal()
         m.d.comb += [
             group_end.eq(Cat(*(rest.any() for rest in lane_rest)) == 0),

@@ -157,7 +157,7 @@ def test_dense_mode_and_extremes():
              mask=np.zeros(mask_length(16, 8, kernel_size=3), np.uint8))  # every block masked
 
 
-@pytest.mark.parametrize("kernel_size,in_channels", [(3, 2), (5, 1)])
+@pytest.mark.parametrize("kernel_size,in_channels", [(3, 2), (5, 1), (5, 2)])
 def test_requantized(kernel_size, in_channels):
     rng = np.random.default_rng(9 + kernel_size + in_channels)
     dut = make(kernel_size=kernel_size, in_channels=in_channels, out_channels=3, lanes=3, max_width=12,
