@@ -17,10 +17,16 @@ __all__ = ["ConvPipelineErrors", "SparseConvPipeline", "StreamFork"]
 
 
 class ConvPipelineErrors(data.Struct):
-    """Sticky error flags of :class:`SparseConvPipeline`, per block."""
-    frame:  WindowErrors
-    scaler: ScalerErrors
-    engine: SparseConvErrors
+    """Sticky error flags of :class:`SparseConvPipeline`, per block.
+
+    ``bad_size`` is the pipeline's own: a frame whose ``width``/``height`` (at its
+    ``first`` pixel) not every block takes was discarded before the fork (see
+    :class:`SparseConvPipeline`, *Errors*).
+    """
+    frame:    WindowErrors
+    scaler:   ScalerErrors
+    engine:   SparseConvErrors
+    bad_size: 1
 
 
 class StreamFork(wiring.Component):
@@ -126,9 +132,22 @@ class SparseConvPipeline(wiring.Component):
     cycles, performed, skipped_pruned, skipped_zero, skipped_padding : Out(unsigned(32))
         The engine's counters; ``clear_counters`` clears them.
     errors : Out(ConvPipelineErrors), clear_errors : In(1)
-        Sticky errors of the frame (pixel window generator), the scaler and the engine.
+        Sticky errors of the frame (pixel window generator), the scaler and the engine,
+        and the pipeline's own ``bad_size``.
     busy : Out(1)
         Some block holds part of a frame.
+
+    Errors
+    ------
+    ``bad_size``: at a frame's ``first`` pixel, ``width`` is not in
+    ``[min_width, max_width]`` or ``height`` not in ``[min_height, max_height]``,
+    or, with ``tile_size > 1``, either is not a multiple of T. The frame is
+    discarded before the fork, up to its ``last`` pixel or the next ``first``:
+    no result comes out, nothing waits, and the next good frame is exact. Every
+    block behind the gate would drop such a frame too, but not all of them: the
+    branches' limits differ (the tile averager needs multiples of T, the window
+    generators' minimum widths depend on their kernels), and a frame only one
+    branch took would leave the engine waiting forever.
 
     Raises
     ------
@@ -148,6 +167,8 @@ class SparseConvPipeline(wiring.Component):
         if tile_size & (tile_size - 1):
             raise ValueError(f"tile size must be a power of two in [1, 16], not {tile_size!r}")
         self._tile_size = tile_size
+        self._kernel_size = kernel_size
+        self._density_kernel_size = density_kernel_size
         self._tiles = None
         if tile_size > 1:
             self._tiles = TileAverager(kernel_size=kernel_size, channels=in_channels, tile_size=tile_size,
@@ -212,6 +233,9 @@ class SparseConvPipeline(wiring.Component):
     max_height   = property(lambda self: self._window.max_height)
     min_width    = property(lambda self: max(self._window.min_width, self._density.min_width,
                                              self._tiles.min_width if self._tiles is not None else 1))
+    min_height   = property(lambda self: max(self._kernel_size // 2 + 1, self._density_kernel_size // 2 + 1,
+                                             self._tiles.min_height if self._tiles is not None else 1),
+                            doc="Lowest frame every block takes.")
     tile_size    = property(lambda self: self._tile_size)
     fifo_depth   = property(lambda self: self._fifo_depth,
                             doc="Pixels the pixel branch's FIFO holds (its memory's depth).")
@@ -229,7 +253,42 @@ class SparseConvPipeline(wiring.Component):
         m.submodules.window = window = self._window
         m.submodules.engine = engine = self._engine
 
-        connect(m, wiring.flipped(self.i_stream), fork.i_stream)
+        # -------- size gate: a frame some block would drop never reaches either branch --------------
+        # (the branches check sizes against different limits: one dropping a frame the other takes
+        # would leave the engine waiting for tap lists or windows that never come).
+        size_ok = ((self.width >= self.min_width) & (self.width <= self.max_width) &
+                   (self.height >= self.min_height) & (self.height <= self.max_height))
+        if self._tile_size > 1:
+            shift = self._tile_size.bit_length() - 1
+            size_ok &= (self.width[:shift] == 0) & (self.height[:shift] == 0)
+        i_payload = self.i_stream.payload
+        draining = Signal()
+        drain_took = Signal()
+        raise_bad_size = Signal()
+        bad_size = Signal()
+        with m.If(self.clear_errors):
+            m.d.sync += bad_size.eq(raise_bad_size)
+        with m.Else():
+            m.d.sync += bad_size.eq(bad_size | raise_bad_size)
+        m.d.comb += fork.i_stream.payload.eq(i_payload)
+        with m.If(draining):
+            # discard up to `last`, or up to the next `first` after at least one pixel
+            with m.If(self.i_stream.valid):
+                with m.If(i_payload.first & drain_took):
+                    m.d.sync += draining.eq(0)
+                with m.Else():
+                    m.d.comb += self.i_stream.ready.eq(1)
+                    m.d.sync += drain_took.eq(1)
+                    with m.If(i_payload.last):
+                        m.d.sync += draining.eq(0)
+        with m.Elif(self.i_stream.valid & i_payload.first & ~size_ok):
+            m.d.comb += raise_bad_size.eq(1)
+            m.d.sync += [draining.eq(1), drain_took.eq(0)]
+        with m.Else():
+            m.d.comb += [
+                fork.i_stream.valid.eq(self.i_stream.valid),
+                self.i_stream.ready.eq(fork.i_stream.ready),
+            ]
 
         # density branch
         connect(m, fork.o_a, density.i_stream)
@@ -282,13 +341,14 @@ class SparseConvPipeline(wiring.Component):
             self.errors.frame.eq(window.errors),
             self.errors.scaler.eq(scaler.errors),
             self.errors.engine.eq(engine.errors),
+            self.errors.bad_size.eq(bad_size),
             density.clear_errors.eq(self.clear_errors),
             density_window.clear_errors.eq(self.clear_errors),
             window.clear_errors.eq(self.clear_errors),
             scaler.clear_errors.eq(self.clear_errors),
             engine.clear_errors.eq(self.clear_errors),
             self.busy.eq(density.busy | density_window.busy | scaler.busy | window.busy | engine.busy
-                         | fifo.o_stream.valid),
+                         | fifo.o_stream.valid | draining),
         ]
         if self._tiles is None:
             m.d.comb += density_window.pad_mode.eq(PadMode.REPLICATE)

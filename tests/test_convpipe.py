@@ -231,3 +231,66 @@ def test_fork_offers_each_word_to_both_sides():
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         make(**kwargs)
+
+
+@pytest.mark.parametrize("tile_size,size", [(4, (10, 12)), (4, (12, 14)), (1, (2, 8)), (2, (8, 2))])
+def test_bad_frame_size_is_discarded_and_the_next_frame_is_exact(tile_size, size):
+    """A frame some branch would drop (not a multiple of T, below a minimum) is discarded whole
+    before the fork: ``errors.bad_size``, no output, nothing hangs, the next frame exact."""
+    rng = np.random.default_rng(50 + tile_size)
+    dut = make(tile_size=tile_size, kernel_size=5 if tile_size == 1 else 3)
+    height, width = size
+    weights = rng.integers(-127, 128, size=(4, 1, dut.kernel_size, dut.kernel_size))
+    bad = rng.integers(0, 256, size=(height * width, 1))
+    good = real_image("camera", size=(8, 8))[:, :, None]
+    layout = dut.i_stream.payload.shape()
+    marks = np.zeros((2, len(bad)), np.int64)
+    marks[0, 0] = marks[1, -1] = 1
+    bad_words = pack(layout, {"data": bad, "first": marks[0], "last": marks[1]}, len(bad))
+    received, state = [], {}
+
+    async def send(ctx):
+        ctx.set(dut.inv_ref_var, inv_ref_var(16.0))
+        ctx.set(dut.prune_threshold, 48)
+        flat = weights.reshape(4, -1)
+        for co in range(4):
+            for tap in range(flat.shape[1]):
+                ctx.set(dut.weight_addr, {"tap": tap, "co": co})
+                ctx.set(dut.weight_data, int(flat[co, tap]))
+                ctx.set(dut.weight_write, 1)
+                await ctx.tick()
+        ctx.set(dut.weight_write, 0)
+        ctx.set(dut.width, width)
+        ctx.set(dut.height, height)
+        await stream_send(ctx, dut.i_stream, bad_words)
+        for _ in range(20):
+            await ctx.tick()
+        state["bad_size"] = ctx.get(dut.errors.bad_size)
+        state["busy"] = ctx.get(dut.busy)
+        ctx.set(dut.width, 8)
+        ctx.set(dut.height, 8)
+        good_marks = np.zeros((2, 64), np.int64)
+        good_marks[0, 0] = good_marks[1, -1] = 1
+        await stream_send(ctx, dut.i_stream, pack(layout, {"data": good.reshape(64, 1).astype(np.int64),
+                                                           "first": good_marks[0], "last": good_marks[1]}, 64))
+
+    async def receive(ctx):
+        received.extend(await stream_receive(ctx, dut.o_stream, 64, raw=True))
+        ctx.set(dut.o_stream.ready, 1)
+        for _ in range(60):
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid), "extra output"
+
+    run_simulation(dut, [send, receive], deadline_cycles=64 * 100 + len(bad) * 10 + 5000)
+    assert state == {"bad_size": 1, "busy": 0}
+    expected, _ = golden_chain(good, weights, ref_std=16.0, threshold=48, pad_mode="zero", mask=None,
+                               dense=False, lanes=2, density_k=3, tile_size=tile_size)
+    got = unpack(dut.o_stream.payload.shape(), received)["data"].reshape(8, 8, -1)
+    np.testing.assert_equal(got, expected)
+
+
+def test_minimum_frame_covers_every_block():
+    dut = make(kernel_size=7, tile_size=1)
+    assert dut.min_width == 4 and dut.min_height == 4
+    dut = make(kernel_size=3, tile_size=4)
+    assert dut.min_width % 4 == 0 and dut.min_height % 4 == 0
