@@ -7,7 +7,7 @@ default clock and reset, its first UART, and an LED that lights while a
 frame is in flight.
 """
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import Elaboratable, Module, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -81,8 +81,14 @@ class DensityBoard(wiring.Component):
             self.uart_tx.eq(transmitter.tx),
             link.uart_errors.eq(receiver.error | (receiver.overrun << 1)),
         ]
-        connect(m, receiver.o_stream, link.rx)
-        connect(m, link.tx, transmitter.i_stream)
+        # Register slices on both byte streams too: the transmitter's `ready` comes from its bit
+        # timer, and the host link's `rx.ready` from its command state machine.
+        m.submodules.from_uart = from_uart = StreamRegister(unsigned(8))
+        m.submodules.to_uart = to_uart = StreamRegister(unsigned(8))
+        connect(m, receiver.o_stream, from_uart.i_stream)
+        connect(m, from_uart.o_stream, link.rx)
+        connect(m, link.tx, to_uart.i_stream)
+        connect(m, to_uart.o_stream, transmitter.i_stream)
 
         # Pixel bytes into the pipeline, densities (UQ1.8, 9 bits) back as 16-bit results,
         # through register slices: the host link's command logic and the pipeline's control

@@ -7,15 +7,15 @@ share one definition.
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..boards.protocol import (COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION,
                                REPLY_MAGIC, RESULT_BYTES, Command, Register, Status)
 from .frame import check_int, frame_layout
+from .skid import StreamFIFO
 
 
-__all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next"]
+__all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next", "one_hot"]
 
 
 #: Payload of the ``pixel`` stream: one byte of one channel, frame markers.
@@ -41,6 +41,17 @@ def crc8_next(crc, byte):
     columns = [_crc8_step(1 << i) for i in range(8)]
     return Cat(*(Cat(*(value[i] for i in range(8) if columns[i] >> j & 1)).xor()
                  for j in range(8)))
+
+
+def one_hot(fsm):
+    """Ask Yosys to encode the state register of ``fsm`` (from ``with m.FSM() as fsm``, after
+    the block) one-hot: each state's next-state logic then depends on a few flip-flops instead
+    of a decoder of the whole state. Only a synthesis hint (``fsm_encoding``); the state
+    register is reset by the domain's reset, as Yosys' recoding assumes.
+    """
+    state = getattr(fsm, "_data", {}).get("signal")
+    if state is not None:
+        state.attrs["fsm_encoding"] = "one-hot"
 
 
 class HostLink(wiring.Component):
@@ -147,7 +158,7 @@ class HostLink(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         timeout = self._timeout_cycles
-        m.submodules.pixel_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._pixel_buffer)
+        m.submodules.pixel_fifo = fifo = StreamFIFO(unsigned(8), depth=self._pixel_buffer)
 
         # -------- registers, counters, error flags -------------------------------------------
         width_reg    = Signal(32)
@@ -196,19 +207,32 @@ class HostLink(wiring.Component):
         send_byte = Signal(8)
         crc_op    = Signal(2)        # 0: include the byte, 1: leave the CRC, 2: restart at 0
         tx_crc    = Signal(8)
+        # The CRC takes in a byte a cycle after it is loaded, from the tx register: the choice of
+        # the byte (a multiplexer over the states) stays out of the CRC's logic. A state that
+        # sends the CRC waits while a byte is still pending (`crc_busy`).
+        crc_busy  = Signal()
+        crc_todo  = Signal(2)
         with m.If(self.tx.ready):
             m.d.sync += self.tx.valid.eq(0)
+        m.d.sync += crc_busy.eq(send)
         with m.If(send):
-            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(send_byte)]
-            with m.Switch(crc_op):
+            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(send_byte), crc_todo.eq(crc_op)]
+        with m.If(crc_busy):
+            with m.Switch(crc_todo):
                 with m.Case(0):
-                    m.d.sync += tx_crc.eq(crc8_next(tx_crc, send_byte))
+                    m.d.sync += tx_crc.eq(crc8_next(tx_crc, self.tx.payload))
                 with m.Case(2):
                     m.d.sync += tx_crc.eq(0)
 
+        # A state that has a byte to send says so (`want`), whether or not the tx register can
+        # take it; `can_send`, the latest signal (it comes from the transmitter's side), joins
+        # only in the last gate. The wire is kept so that synthesis does not fold it deeper.
+        want = Signal(attrs={"keep": 1})
+        m.d.comb += send.eq(want & can_send)
+
         def emit(byte, op=0):
-            """Load ``byte`` into the tx register (only when ``can_send``)."""
-            return [send.eq(1), send_byte.eq(byte), crc_op.eq(op)]
+            """Offer ``byte`` to the tx register; it is loaded when ``can_send``."""
+            return [want.eq(1), send_byte.eq(byte), crc_op.eq(op)]
 
         # -------- watchdog: cycles without any transfer ------------------------------------------
         idle_cycles = Signal(range(4 * timeout + 1))
@@ -218,17 +242,25 @@ class HostLink(wiring.Component):
         # a register, and `expired`/`aborted` ignore the count in that cycle, when it is stale.
         moved = Signal()
         m.d.sync += moved.eq(progress)
+        # `long_idle` and `at_limit` are idle_cycles >= timeout and == 4·timeout, kept as flags
+        # (set from the count before its increment) so no wide comparison sits in the FSM's paths.
+        long_idle = Signal()
+        at_limit = Signal()
         with m.If(moved):
-            m.d.sync += idle_cycles.eq(0)
-        with m.Elif(idle_cycles != 4 * timeout):
-            m.d.sync += idle_cycles.eq(idle_cycles + 1)
-        expired = ~moved & (idle_cycles >= timeout)
-        aborted = ~moved & (idle_cycles == 4 * timeout)
+            m.d.sync += [idle_cycles.eq(0), long_idle.eq(0), at_limit.eq(0)]
+        with m.Else():
+            with m.If(~at_limit):
+                m.d.sync += idle_cycles.eq(idle_cycles + 1)
+            m.d.sync += [long_idle.eq(idle_cycles >= timeout - 1),
+                         at_limit.eq(idle_cycles >= 4 * timeout - 1)]
+        expired = ~moved & long_idle
+        aborted = ~moved & at_limit
 
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
         frame_pixels = Signal(range(max_pixels + 1))
         last_pixel   = Signal.like(frame_pixels)     # frame_pixels - 1
+        before_last  = Signal.like(frame_pixels)     # frame_pixels - 2 (modulo), for final_result
         # "pixels_in != frame_pixels" and the like, kept as flags: wide comparisons in the
         # handshake paths would be the critical path.
         writing      = Signal()                       # pixels still to enter the FIFO
@@ -236,6 +268,9 @@ class HostLink(wiring.Component):
         awaiting     = Signal()                       # results still to come
         pixels_in    = Signal.like(frame_pixels)     # bytes written into the FIFO
         pixels_out   = Signal.like(frame_pixels)     # bytes taken by the pipeline
+        in_last      = Signal()                       # pixels_in == last_pixel
+        out_first    = Signal()                       # pixels_out == 0
+        out_last     = Signal()                       # pixels_out == last_pixel
         results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
         final_result = Signal()                       # results_in == last_pixel, kept as a flag
         filling      = Signal()                       # the rest of the frame is zeros
@@ -246,31 +281,32 @@ class HostLink(wiring.Component):
 
         with m.If(writing):
             with m.If(filling):
-                m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(0)]
+                m.d.comb += [fifo.i_stream.valid.eq(1), fifo.i_stream.payload.eq(0)]
             with m.Elif(in_frame):
-                m.d.comb += [self.rx.ready.eq(fifo.w_rdy), fifo.w_en.eq(self.rx.valid),
-                             fifo.w_data.eq(self.rx.payload)]
-        with m.If(fifo.w_en & fifo.w_rdy):
-            m.d.sync += pixels_in.eq(pixels_in + 1)
-            with m.If(pixels_in == last_pixel):
+                m.d.comb += [self.rx.ready.eq(fifo.i_stream.ready), fifo.i_stream.valid.eq(self.rx.valid),
+                             fifo.i_stream.payload.eq(self.rx.payload)]
+        with m.If(fifo.i_stream.valid & fifo.i_stream.ready):
+            m.d.sync += [pixels_in.eq(pixels_in + 1), in_last.eq(pixels_in == before_last)]
+            with m.If(in_last):
                 m.d.sync += writing.eq(0)
 
         m.d.comb += [
-            self.pixel.valid.eq(fifo.r_rdy),
-            self.pixel.payload.data.eq(fifo.r_data),
-            self.pixel.payload.first.eq(pixels_out == 0),
-            self.pixel.payload.last.eq(pixels_out == last_pixel),
-            fifo.r_en.eq(self.pixel.ready),
+            self.pixel.valid.eq(fifo.o_stream.valid),
+            self.pixel.payload.data.eq(fifo.o_stream.payload),
+            self.pixel.payload.first.eq(out_first),
+            self.pixel.payload.last.eq(out_last),
+            fifo.o_stream.ready.eq(self.pixel.ready),
         ]
         counting = Signal()
         cycle_count = Signal(32)
         with m.If(counting):
             m.d.sync += cycle_count.eq(cycle_count + 1)
         with m.If(self.pixel.valid & self.pixel.ready):
-            m.d.sync += pixels_out.eq(pixels_out + 1)
-            with m.If(pixels_out == last_pixel):
+            m.d.sync += [pixels_out.eq(pixels_out + 1), out_first.eq(0),
+                         out_last.eq(pixels_out == before_last)]
+            with m.If(out_last):
                 m.d.sync += taking.eq(0)
-            with m.If(pixels_out == 0):
+            with m.If(out_first):
                 m.d.sync += [counting.eq(1), cycle_count.eq(1)]
 
         # -------- command packets ----------------------------------------------------------------
@@ -280,12 +316,19 @@ class HostLink(wiring.Component):
         # of the packet logic's timing paths.
         rx_got = self.rx.valid
         rx_crc = Signal(8)
-        command = Signal(8)
-        length = Signal(8)
-        payload_index = Signal(8)
+        # What EXECUTE decides on is decoded as the bytes arrive, into flags: the command (one
+        # flag per command), the length (0, 1 or 5), the register address, the CRC check.
+        is_ping, is_write, is_read, is_run = (Signal(name=f"is_{n}") for n in ("ping", "write", "read", "run"))
+        length_0, length_1, length_5 = Signal(), Signal(), Signal()
+        payload_left = Signal(8)     # payload bytes still to come
+        payload_last = Signal()      # payload_left == 1
+        slot = Signal(5)             # one-hot: which of the first 5 payload bytes comes next
         payload = Signal(40)         # the first 5 payload bytes: address, u32 value
         address = payload[0:8]
         value = payload[8:40]
+        writable = {name: Signal(name=f"writes_{name.lower()}") for name in
+                    ("WIDTH", "HEIGHT", "INV_REF_VAR", "PAD_MODE", "CONTROL")}
+        crc_ok = Signal()
 
         reply_status = Signal(8)
         reply_length = Signal(4)
@@ -305,36 +348,38 @@ class HostLink(wiring.Component):
                          reply_source.eq(reply_sources[source]), frame_after.eq(frame)]
             m.next = "REPLY_MAGIC"
 
-        read_value = Signal(32)
-        read_ok = Signal()
-        with m.Switch(address):
-            for register, source in (
-                    (Register.ID, DEVICE_ID), (Register.WIDTH, width_reg),
-                    (Register.HEIGHT, height_reg), (Register.INV_REF_VAR, inv_ref_var),
-                    (Register.PAD_MODE, pad_mode), (Register.CYCLES, cycles),
-                    (Register.FRAMES, frames), (Register.ERRORS, errors_value),
-                    (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
-                    (Register.PIXEL_CREDIT, self._pixel_buffer)):
-                with m.Case(register):
-                    m.d.comb += [read_value.eq(source), read_ok.eq(1)]
-        # Registered: the address is complete a whole byte time before EXECUTE uses it.
+        # Register reads: the address is decoded into one flag per register as it arrives
+        # (`readable`, set in PAYLOAD), and the value is an AND-OR of the flags and the
+        # registers, registered: it is ready a whole byte time before EXECUTE uses it.
+        readable = [(Signal(name=f"reads_{register.name.lower()}"), register, source) for register, source in (
+            (Register.ID, DEVICE_ID), (Register.WIDTH, width_reg),
+            (Register.HEIGHT, height_reg), (Register.INV_REF_VAR, inv_ref_var),
+            (Register.PAD_MODE, pad_mode), (Register.CYCLES, cycles),
+            (Register.FRAMES, frames), (Register.ERRORS, errors_value),
+            (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
+            (Register.PIXEL_CREDIT, self._pixel_buffer))]
+        read_value = 0
+        for flag, _, source in readable:
+            read_value = read_value | Mux(flag, source, 0)
         read_value_q = Signal(32)
         read_ok_q = Signal()
-        m.d.sync += [read_value_q.eq(read_value), read_ok_q.eq(read_ok)]
+        m.d.sync += read_value_q.eq(read_value)
 
         area = Signal(range(self._max_width * self._max_height + 1))
         multiplicand = Signal.like(area)
         multiplier = Signal.like(self.height)
+        multiplier_zero = Signal()   # multiplier == 0, kept as a flag
         channel_terms = [area << i for i in range(self._channels.bit_length())
                          if self._channels >> i & 1]
         total = sum(channel_terms[1:], channel_terms[0])      # area · channels, without a multiplier
 
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
                                    "little")
-        size_ok = (self.width >= self._min_width) & (self.height >= self._min_height)
+        size_ok = Signal()           # registered: the size ports settle long before RUN_FRAME
+        m.d.sync += size_ok.eq((self.width >= self._min_width) & (self.height >= self._min_height))
         packet_timeout = ~self.rx.valid & expired
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]   # drain stray results
                 with m.If(rx_got):
@@ -351,94 +396,112 @@ class HostLink(wiring.Component):
                     with m.If(rx_got):
                         m.d.sync += rx_crc.eq(crc8_next(rx_crc, rx_byte))
                         if state == "COMMAND":
-                            m.d.sync += command.eq(rx_byte)
+                            m.d.sync += [is_ping.eq(rx_byte == Command.PING),
+                                         is_write.eq(rx_byte == Command.WRITE_REG),
+                                         is_read.eq(rx_byte == Command.READ_REG),
+                                         is_run.eq(rx_byte == Command.RUN_FRAME)]
                             m.next = "LENGTH"
                         elif state == "LENGTH":
-                            m.d.sync += [length.eq(rx_byte), payload_index.eq(0)]
+                            m.d.sync += [length_0.eq(rx_byte == 0), length_1.eq(rx_byte == 1),
+                                         length_5.eq(rx_byte == 5), payload_left.eq(rx_byte),
+                                         payload_last.eq(rx_byte == 1), slot.eq(1)]
                             m.next = "PAYLOAD"
                             with m.If(rx_byte == 0):
                                 m.next = "CHECK"
                         elif state == "PAYLOAD":
                             for i in range(5):
-                                with m.If(payload_index == i):
+                                with m.If(slot[i]):
                                     m.d.sync += payload[8 * i:8 * i + 8].eq(rx_byte)
-                            m.d.sync += payload_index.eq(payload_index + 1)
-                            with m.If(payload_index == length - 1):
+                            with m.If(slot[0]):
+                                m.d.sync += [flag.eq(rx_byte == Register[name])
+                                             for name, flag in writable.items()]
+                                m.d.sync += [flag.eq(rx_byte == register)
+                                             for flag, register, _ in readable]
+                                m.d.sync += read_ok_q.eq(
+                                    Cat(*(rx_byte == register for _, register, _ in readable)).any())
+                            m.d.sync += [slot.eq(slot << 1), payload_left.eq(payload_left - 1),
+                                         payload_last.eq(payload_left == 2)]
+                            with m.If(payload_last):
                                 m.next = "CHECK"
                         else:
-                            with m.If(rx_byte == rx_crc):
-                                m.next = "EXECUTE"
-                            with m.Else():
-                                m.d.comb += raised[3].eq(1)
-                                reply(Status.BAD_CRC)
+                            m.d.sync += crc_ok.eq(rx_byte == rx_crc)
+                            m.next = "VERIFY"
                     with m.Elif(packet_timeout):
                         m.d.comb += raised[2].eq(1)
                         reply(Status.TIMEOUT)
 
+            # The CRC byte is checked a cycle after it arrives (the comparison is registered).
+            with m.State("VERIFY"):
+                with m.If(crc_ok):
+                    m.next = "EXECUTE"
+                with m.Else():
+                    m.d.comb += raised[3].eq(1)
+                    reply(Status.BAD_CRC)
+
             with m.State("EXECUTE"):
-                with m.Switch(command):
-                    with m.Case(Command.PING):
-                        with m.If(length != 0):
-                            reply(Status.BAD_LENGTH)
-                        with m.Else():
-                            reply(Status.OK, 8, "ping")
-                    with m.Case(Command.WRITE_REG):
-                        with m.If(length != 5):
-                            reply(Status.BAD_LENGTH)
-                        with m.Else():
-                            reply(Status.OK)
-                            with m.Switch(address):
-                                with m.Case(Register.WIDTH):
-                                    m.d.sync += width_reg.eq(value)
-                                with m.Case(Register.HEIGHT):
-                                    m.d.sync += height_reg.eq(value)
-                                with m.Case(Register.INV_REF_VAR):
-                                    m.d.sync += inv_ref_var.eq(value)
-                                with m.Case(Register.PAD_MODE):
-                                    m.d.sync += pad_mode.eq(value)
-                                with m.Case(Register.CONTROL):
-                                    m.d.comb += clear.eq(value[0])
-                                with m.Default():
-                                    reply(Status.BAD_REGISTER)
-                    with m.Case(Command.READ_REG):
-                        with m.If(length != 1):
-                            reply(Status.BAD_LENGTH)
-                        with m.Elif(read_ok_q):
-                            reply(Status.OK, 4, "register")
+                with m.If(is_ping):
+                    with m.If(~length_0):
+                        reply(Status.BAD_LENGTH)
+                    with m.Else():
+                        reply(Status.OK, 8, "ping")
+                with m.Elif(is_write):
+                    with m.If(~length_5):
+                        reply(Status.BAD_LENGTH)
+                    with m.Else():
+                        reply(Status.OK)
+                        with m.If(writable["WIDTH"]):
+                            m.d.sync += width_reg.eq(value)
+                        with m.Elif(writable["HEIGHT"]):
+                            m.d.sync += height_reg.eq(value)
+                        with m.Elif(writable["INV_REF_VAR"]):
+                            m.d.sync += inv_ref_var.eq(value)
+                        with m.Elif(writable["PAD_MODE"]):
+                            m.d.sync += pad_mode.eq(value)
+                        with m.Elif(writable["CONTROL"]):
+                            m.d.comb += clear.eq(value[0])
                         with m.Else():
                             reply(Status.BAD_REGISTER)
-                    with m.Case(Command.RUN_FRAME):
-                        with m.If(length != 0):
-                            reply(Status.BAD_LENGTH)
-                        with m.Elif(~size_ok):
+                with m.Elif(is_read):
+                    with m.If(~length_1):
+                        reply(Status.BAD_LENGTH)
+                    with m.Elif(read_ok_q):
+                        reply(Status.OK, 4, "register")
+                    with m.Else():
+                        reply(Status.BAD_REGISTER)
+                with m.Elif(is_run):
+                    with m.If(~length_0):
+                        reply(Status.BAD_LENGTH)
+                    with m.Elif(~size_ok):
                             reply(Status.BAD_FRAME_SIZE)
-                        with m.Elif(taking):
-                            # The previous frame's pixels are still not taken: the pipeline hangs.
-                            reply(Status.TIMEOUT)
-                        with m.Else():
-                            m.d.sync += [area.eq(0), multiplicand.eq(self.width),
-                                         multiplier.eq(self.height)]
-                            m.next = "FRAME_SIZE"
-                    with m.Default():
-                        reply(Status.UNKNOWN_COMMAND)
+                    with m.Elif(taking):
+                        # The previous frame's pixels are still not taken: the pipeline hangs.
+                        reply(Status.TIMEOUT)
+                    with m.Else():
+                        m.d.sync += [area.eq(0), multiplicand.eq(self.width),
+                                     multiplier.eq(self.height), multiplier_zero.eq(self.height == 0)]
+                        m.next = "FRAME_SIZE"
+                with m.Else():
+                    reply(Status.UNKNOWN_COMMAND)
 
             # width · height by shift and add, one bit of the height per cycle: a multiplier
             # here would take a DSP block from the pipeline.
             with m.State("FRAME_SIZE"):
-                with m.If(multiplier == 0):
+                with m.If(multiplier_zero):
                     m.next = "FRAME_START"
                 with m.Else():
                     with m.If(multiplier[0]):
                         m.d.sync += area.eq(area + multiplicand)
-                    m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1)]
+                    m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1),
+                                 multiplier_zero.eq(multiplier[1:] == 0)]
 
             # The frame's counters start a cycle after the size is known (a shorter path).
             with m.State("FRAME_START"):
                 reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
                 m.d.sync += [
                     in_frame.eq(1),
-                    frame_pixels.eq(total), last_pixel.eq(total - 1),
+                    frame_pixels.eq(total), last_pixel.eq(total - 1), before_last.eq(total - 2),
                     pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
+                    in_last.eq(total == 1), out_first.eq(1), out_last.eq(total == 1),
                     final_result.eq(total == 1),
                     writing.eq(1), taking.eq(1), awaiting.eq(1),
                     filling.eq(0), aborting.eq(0), timed_out.eq(0),
@@ -453,29 +516,30 @@ class HostLink(wiring.Component):
                         m.d.sync += reply_data.eq(read_value_q)
                     with m.Case(3):
                         m.d.sync += reply_data.eq(Cat(C(0, 1), total))
+                m.d.comb += emit(REPLY_MAGIC, op=2)
                 with m.If(can_send):
-                    m.d.comb += emit(REPLY_MAGIC, op=2)
                     m.next = "REPLY_STATUS"
             with m.State("REPLY_STATUS"):
+                m.d.comb += emit(reply_status)
                 with m.If(can_send):
-                    m.d.comb += emit(reply_status)
                     m.next = "REPLY_LENGTH"
             with m.State("REPLY_LENGTH"):
+                m.d.comb += emit(reply_length)
                 with m.If(can_send):
-                    m.d.comb += emit(reply_length)
                     m.d.sync += reply_index.eq(0)
                     m.next = "REPLY_DATA"
                     with m.If(reply_length == 0):
                         m.next = "REPLY_CRC"
             with m.State("REPLY_DATA"):
+                m.d.comb += emit(reply_data[0:8])
                 with m.If(can_send):
-                    m.d.comb += emit(reply_data[0:8])
                     m.d.sync += [reply_data.eq(reply_data >> 8), reply_index.eq(reply_index + 1)]
                     with m.If(reply_index == reply_length - 1):
                         m.next = "REPLY_CRC"
             with m.State("REPLY_CRC"):
-                with m.If(can_send):
+                with m.If(~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
+                with m.If(can_send & ~crc_busy):
                     m.next = "IDLE"
                     with m.If(frame_after):
                         m.next = "FRAME"
@@ -485,7 +549,7 @@ class HostLink(wiring.Component):
                 result_word = Signal(16)
                 result_full = Signal()
                 result_high = Signal()
-                waiting_host = writing & ~filling & fifo.w_rdy
+                waiting_host = writing & ~filling & fifo.i_stream.ready
                 with m.If(waiting_host & expired):
                     m.d.sync += [filling.eq(1), timed_out.eq(1)]
                     m.d.comb += raised[4].eq(1)
@@ -499,7 +563,7 @@ class HostLink(wiring.Component):
                     with m.If(aborting):
                         m.d.sync += [result_word.eq(0), result_full.eq(1),
                                      results_in.eq(results_in + 1),
-                                     final_result.eq(results_in + 1 == last_pixel)]
+                                     final_result.eq(results_in == before_last)]
                         with m.If(final_result):
                             m.d.sync += awaiting.eq(0)
                     with m.Else():
@@ -507,13 +571,13 @@ class HostLink(wiring.Component):
                         with m.If(self.result.valid):
                             m.d.sync += [result_word.eq(self.result.payload.data),
                                          result_full.eq(1), results_in.eq(results_in + 1),
-                                         final_result.eq(results_in + 1 == last_pixel)]
+                                         final_result.eq(results_in == before_last)]
                             with m.If(final_result):
                                 m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
                 with m.If(result_full):
+                    m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
                     with m.If(can_send):
-                        m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
                         m.d.sync += result_high.eq(~result_high)
                         with m.If(result_high):
                             m.d.sync += result_full.eq(0)
@@ -523,12 +587,14 @@ class HostLink(wiring.Component):
             with m.State("TRAILER_STATUS"):
                 with m.If(counting):                          # the frame was cut short
                     m.d.sync += [cycles.eq(cycle_count), counting.eq(0)]
+                m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
                 with m.If(can_send):
-                    m.d.comb += emit(Mux(timed_out, Status.TIMEOUT, Status.OK), op=1)
                     m.next = "TRAILER_CRC"
             with m.State("TRAILER_CRC"):
-                with m.If(can_send):
+                with m.If(~crc_busy):
                     m.d.comb += emit(tx_crc, op=2)
+                with m.If(can_send & ~crc_busy):
                     m.d.sync += frames.eq(frames + 1)
                     m.next = "IDLE"
+        one_hot(fsm)
         return m

@@ -18,7 +18,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 
-__all__ = ["SIMULATORS", "write_verilog", "simulator_available", "run_cocotb", "SimulationFailed"]
+__all__ = ["SIMULATORS", "write_verilog", "fire_time0_triggers", "simulator_available", "run_cocotb", "SimulationFailed"]
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -29,9 +29,37 @@ class SimulationFailed(AssertionError):
     """A cocotb run failed; the message holds the end of its log."""
 
 
-def write_verilog(component, path, *, name):
-    """Write ``component`` as Verilog module ``name`` to ``path``; leave the file alone if unchanged."""
+#: The register Yosys' ``write_verilog`` declares in every module with ``always @*`` processes
+#: and reads in each of them, so that they run once at time 0 (YosysHQ/yosys#2273).
+_TIME0_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$",
+                            re.MULTILINE)
+
+
+def fire_time0_triggers(text):
+    """Make Yosys' time-0 triggers of ``always @*`` processes fire under ``iverilog -g2012``.
+
+    Yosys writes ``reg trigger = 0;`` and reads ``trigger`` in every ``always @*``
+    block, relying on Verilog-2001 semantics, where the declaration assignment is
+    an event at time 0 that wakes the blocks. cocotb compiles with ``-g2012``, and
+    under SystemVerilog semantics Icarus applies declaration assignments before
+    time 0 without an event: a block whose inputs all keep their initial values
+    through reset then never runs, and its outputs stay ``x`` until an input
+    changes (a stream's ``ready`` in an idle state, read as 0 by ``if`` statements
+    elsewhere). The trigger set to 1 by ``#0`` (the inactive region of time 0, after
+    every ``always`` block has reached its event control) wakes all of them.
+    """
+    return _TIME0_TRIGGER.sub(lambda match: f"{match.group(0)}\n{match.group(1)}initial #0 "
+                                            f"{match.group(2)} = 1'h1;", text)
+
+
+def write_verilog(component, path, *, name, simulator=None):
+    """Write ``component`` as Verilog module ``name`` to ``path``; leave the file alone if unchanged.
+
+    For ``simulator="icarus"`` the text goes through :func:`fire_time0_triggers`.
+    """
     text = verilog.convert(component, name=name, emit_src=False)
+    if simulator == "icarus":
+        text = fire_time0_triggers(text)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
@@ -94,7 +122,7 @@ def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
     build_dir = build_root / build_key(block, params) / simulator
     if waves:
         build_dir = build_dir.with_name(simulator + "-waves")
-    source = write_verilog(component, build_dir / f"{block}.v", name=block)
+    source = write_verilog(component, build_dir / f"{block}.v", name=block, simulator=simulator)
 
     runner = get_runner(simulator)
     build_args = ["-Wno-fatal", "--assert"] if simulator == "verilator" else []
