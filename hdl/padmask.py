@@ -148,7 +148,7 @@ class PaddingMask(wiring.Component):
             words = -(-size // WORD_BITS) + 2            # word 0 below, and one above for the second read
             # (block RAM even when small: in logic, 2 read ports of 16-bit words cost far more)
             memory = Memory(shape=WORD_BITS, depth=words, init=[(1 << WORD_BITS) - 1] * words,
-                            attrs={"ram_style": "block"})
+                            attrs={"ram_style": "block", "no_rw_check": 1})
             m.submodules[f"mask_{name}"] = memory
             unwritten = Signal(words, init=(1 << words) - 1, name=f"unwritten_{name}")
             writer = memory.write_port(granularity=1)

@@ -27,6 +27,23 @@ def _tree(values, combine):
     return values[0]
 
 
+def _prefix_or(value):
+    """Bit ``i``: any of ``value[0 … i - 1]`` is set (bit 0 is 0): a balanced prefix tree."""
+    bits = [value[i] for i in range(len(value))]
+    below, span = [C(0, 1)] + bits[:-1], 1
+    while span < len(bits):
+        below = [below[i] | below[i - span] if i >= span else below[i] for i in range(len(bits))]
+        span *= 2
+    return Cat(*below)
+
+
+def _at_most_one(value):
+    """1 when at most one bit of ``value`` is set: a balanced tree of (any, several) pairs."""
+    def combine(a, b):
+        return (a[0] | b[0], a[1] | b[1] | (a[0] & b[0]))
+    return ~_tree(((value[i], C(0, 1)) for i in range(len(value))), combine)[1]
+
+
 def _sum(values):
     """Sum of ``values`` as a balanced tree of adders."""
     return _tree(values, operator.add)
@@ -142,8 +159,10 @@ class SparseConv(wiring.Component):
     """
 
     #: Registers from a position's last engine step to its result register: entry,
-    #: operands, product, result (the window register, where the steps happen, comes first).
+    #: operands, accumulator, result (the two window registers come first: W0 takes the
+    #: window and looks its mask bits up, W1 holds it, with its excluded bits, while the steps happen).
     _MAC_STAGES = 4
+    _WINDOW_STAGES = 2
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
@@ -233,7 +252,7 @@ class SparseConv(wiring.Component):
     def latency(self):
         """Cycles from accepting a window into an idle engine (its tap list waiting) to
         offering its result, for a position of one step; add ``steps - 1`` otherwise."""
-        return 1 + self._MAC_STAGES + (REQUANT_STAGES if self._requantize else 0)
+        return self._WINDOW_STAGES + self._MAC_STAGES + (REQUANT_STAGES if self._requantize else 0)
 
     def cycles_per_position(self, active):
         """Engine steps of positions whose outputs perform ``active[..., C_out]`` taps."""
@@ -260,7 +279,7 @@ class SparseConv(wiring.Component):
         with m.Else():
             m.d.sync += errors.eq(errors.as_value() | raised.as_value())
 
-        # -------- padding mask and the window register -------------------------------------------
+        # -------- padding mask and the two window registers ---------------------------------------
         m.submodules.mask = mask = self._mask
         m.d.comb += [
             mask.write.eq(self.mask_write), mask.band.eq(self.mask_band),
@@ -273,41 +292,59 @@ class SparseConv(wiring.Component):
         mode = Mux(window.payload.first, self.pad_mode, frame_mode)
         dense = Mux(window.payload.first, self.dense, frame_dense)
 
-        w_valid = Signal()
+        # W0 takes the window from i_window and looks its mask bits up (block RAM: they arrive
+        # the next cycle); W1, the engine's window, takes the window from W0 with its
+        # *excluded* bits computed and registered, so the engine's tap selection starts from
+        # flip-flops. W0 fills while W1's position is walked: no bubble between positions.
         pixels_layout = window.payload.shape()["data"].shape
+        w0_valid = Signal()
+        w0_pixels = Signal(pixels_layout, reset_less=True)
+        w0_pad = Signal(k * k, reset_less=True)             # element (dy, dx) at bit dy·K + dx
+        w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
+        w0_meta = Signal(meta_layout, reset_less=True)
+        w1_valid = Signal()
         w_pixels = Signal(pixels_layout, reset_less=True)
-        w_pad = Signal(k * k, reset_less=True)              # element (dy, dx) at bit dy·K + dx
-        w_zero, w_dense = Signal(reset_less=True), Signal(reset_less=True)
+        w_excluded = Signal(k * k, reset_less=True)
         w_meta = Signal(meta_layout, reset_less=True)
         done = Signal()                                     # the position in the engine ends
+        move = Signal()                                     # W0 → W1
         m.d.comb += [
-            window.ready.eq(~w_valid | done),
-            mask.lookup.eq(window.valid & window.ready),    # its bits arrive with the window
+            move.eq(w0_valid & (~w1_valid | done)),
+            # (a lookup never meets a mask write: the block RAMs' read-during-write result
+            # is undefined, no_rw_check; the window waits one cycle and sees the write)
+            window.ready.eq((~w0_valid | move) & ~self.mask_write),
+            mask.lookup.eq(window.valid & window.ready),    # its bits arrive the next cycle
         ]
         with m.If(window.valid & window.ready):
             m.d.sync += [
-                w_valid.eq(1),
-                w_pixels.eq(window.payload.data),
-                w_pad.eq(window.payload.pad.as_value()),
-                w_zero.eq(mode == PadMode.ZERO),
-                w_dense.eq(dense),
-                w_meta.eq(Cat(window.payload.x, window.payload.y,
-                              window.payload.first, window.payload.last)),
+                w0_valid.eq(1),
+                w0_pixels.eq(window.payload.data),
+                w0_pad.eq(window.payload.pad.as_value()),
+                w0_zero.eq(mode == PadMode.ZERO),
+                w0_dense.eq(dense),
+                w0_meta.eq(Cat(window.payload.x, window.payload.y,
+                               window.payload.first, window.payload.last)),
             ]
             with m.If(window.payload.first):
                 m.d.sync += [frame_mode.eq(self.pad_mode), frame_dense.eq(self.dense)]
+        with m.Elif(move):
+            m.d.sync += w0_valid.eq(0)
+        with m.If(move):
+            m.d.sync += [
+                w1_valid.eq(1),
+                w_pixels.eq(w0_pixels),
+                w_meta.eq(w0_meta),
+                w_excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
+                                  for dy in range(k) for dx in range(k))),
+            ]
         with m.Elif(done):
-            m.d.sync += w_valid.eq(0)
-
-        w_excluded = Signal(k * k)
-        m.d.comb += w_excluded.eq(Cat(~w_dense & w_pad[dy * k + dx] & (w_zero | ~mask.bits[dy][dx])
-                                      for dy in range(k) for dx in range(k)))
+            m.d.sync += w1_valid.eq(0)
 
         # -------- engine: the position being walked ----------------------------------------------
-        # The position is the window register and the tap list offered on i_taps, which its
-        # source holds until the position's last step takes it; the next window waits on
-        # i_window meanwhile. Both enter in the cycle the position ends: no bubble, and no
-        # copy of the lists in this block.
+        # The position is the window in W1 and the tap list offered on i_taps, which its
+        # source holds until the position's last step takes it; the next window waits in W0
+        # meanwhile. Both enter in the cycle the position ends: no bubble, and no copy of the
+        # lists in this block.
         started = Signal()                                  # the position's first step is done
         pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
 
@@ -331,7 +368,7 @@ class SparseConv(wiring.Component):
             todo.append(Signal(n, name=f"todo_{co}"))
             padding.append(Signal(n, name=f"padding_{co}"))
             m.d.comb += [todo[-1].eq(Cat(*todo_bits)), padding[-1].eq(Cat(*padding_bits))]
-        bad = Cat(*bad_bits).any()
+        bad = _tree(bad_bits, operator.or_)
 
         # the entries still to do: all of the list at the first step
         vectors = [Signal(n, name=f"vector_{co}") for co in range(c_out)]
@@ -348,18 +385,22 @@ class SparseConv(wiring.Component):
             """``values[g]`` for the current group (0 past the last output channel)."""
             return values[0] if groups == 1 else Array(values)[group]
 
-        lane_taps, lane_active, lane_rest = [], [], []
+        lane_taps, lane_active, lane_rest, lane_single = [], [], [], []
         for j in range(lanes):
             vector = of_group([vectors[g * lanes + j] if g * lanes + j < c_out else C(0, n)
                                for g in range(groups)])
             lane_vector, first = Signal(n, name=f"lane_vector{j}"), Signal(n, name=f"lane_first{j}")
             lane_rest.append(Signal(n, name=f"lane_rest{j}"))
             lane_active.append(Signal(name=f"lane_active{j}"))
+            lane_single.append(Signal(name=f"lane_single{j}"))
+            # the lowest set bit: each bit without a set bit below it (a prefix OR, no carry chain)
+            below = _prefix_or(lane_vector)
             m.d.comb += [
                 lane_vector.eq(vector),
-                first.eq(lane_vector & (~lane_vector + 1)[:n]),      # the lowest set bit
-                lane_rest[j].eq(lane_vector & ~first),
+                first.eq(lane_vector & ~below),
+                lane_rest[j].eq(lane_vector & below),
                 lane_active[j].eq(lane_vector.any()),
+                lane_single[j].eq(_at_most_one(lane_vector)),   # nothing left after this step
             ]
             entries = [of_group([lists[g * lanes + j].taps[i].as_value() if g * lanes + j < c_out
                                  else C(0, tap_shape.size) for g in range(groups)]) for i in range(n)]
@@ -367,7 +408,7 @@ class SparseConv(wiring.Component):
             lane_taps.append(_tree((Mux(first[i], entries[i], 0) for i in range(n)), operator.or_))
         group_end, position_end = Signal(), Signal()
         m.d.comb += [
-            group_end.eq(Cat(*(rest.any() for rest in lane_rest)) == 0),
+            group_end.eq(Cat(*lane_single).all()),
             position_end.eq(group_end & ~later_work),
         ]
 
@@ -376,7 +417,7 @@ class SparseConv(wiring.Component):
         # (plain assignments, not under m.If: Icarus may never run a combinational process
         # whose inputs do not change after time 0, which would leave these undefined)
         m.d.comb += [
-            step.eq(advance & w_valid & taps.valid),
+            step.eq(advance & w1_valid & taps.valid),
             first_step.eq(step & ~started),
             done.eq(step & position_end),
             taps.ready.eq(done),
@@ -389,31 +430,6 @@ class SparseConv(wiring.Component):
             for g in range(groups):
                 m.d.sync += [pending[g * lanes + j].eq(Mux(group == g, lane_rest[j], vectors[g * lanes + j]))
                              for j in range(lanes) if g * lanes + j < c_out]
-
-        # -------- counters ---------------------------------------------------------------------
-        # The skip counts of a loaded position are registered raw and added up the next cycle.
-        loaded = Signal()
-        skip_pruned = [Signal.like(lists[co].pruned, name=f"skip_pruned_{co}") for co in range(c_out)]
-        skip_zero = [Signal.like(lists[co].zero, name=f"skip_zero_{co}") for co in range(c_out)]
-        skip_padding = Signal(c_out * n)
-        m.d.sync += loaded.eq(first_step)
-        with m.If(first_step):
-            m.d.sync += [skip_pruned[co].eq(lists[co].pruned) for co in range(c_out)]
-            m.d.sync += [skip_zero[co].eq(lists[co].zero) for co in range(c_out)]
-            m.d.sync += skip_padding.eq(Cat(*padding))
-        increments = {
-            "cycles":          step,
-            "performed":       Mux(step, _sum(lane_active), 0),
-            "skipped_pruned":  Mux(loaded, _sum(skip_pruned), 0),
-            "skipped_zero":    Mux(loaded, _sum(skip_zero), 0),
-            "skipped_padding": Mux(loaded, _sum(list(skip_padding)), 0),
-        }
-        for name, increment in increments.items():
-            counter = getattr(self, name)
-            with m.If(self.clear_counters):
-                m.d.sync += counter.eq(0)
-            with m.Else():
-                m.d.sync += counter.eq(counter + increment)
 
         # -------- MAC lanes ----------------------------------------------------------------------
         def register(value, name, reset_less=True):
@@ -439,6 +455,7 @@ class SparseConv(wiring.Component):
         e1_taps = [tap_shape(register(lane_taps[j], f"e1_tap{j}")) for j in range(lanes)]
         e1_pixels = pixels_layout(register(w_pixels.as_value(), "e1_pixels"))
         delay_tags("e1")
+        e1_step = tags["step"]
         # stage 2: multiplier operands (DSP input registers)
         weights = [register(Mux(e1_active[j], e1_taps[j].weight, 0), f"e2_weight{j}") for j in range(lanes)]
         # (nested Arrays become multiplexers; a dynamic index into the flat window would
@@ -448,18 +465,18 @@ class SparseConv(wiring.Component):
         pixel_values = [register(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], f"e2_pixel{j}")
                         for j in range(lanes)]
         delay_tags("e2")
-        # stage 3: products (DSP output registers)
-        products = [register(weights[j] * pixel_values[j], f"e3_product{j}") for j in range(lanes)]
-        delay_tags("e3")
-        # accumulators in logic; cleared at a group's first step
+        # stage 3: the accumulators, cleared at a group's first step: multiply-accumulate
+        # with registered operands and a registered sum (one SB_MAC16 per lane on iCE40, its
+        # accumulator included; a MULT18X18D and an adder on ECP5)
         accumulators = [Signal(signed(self.accumulator_width), name=f"acc{j}", reset_less=True)
                         for j in range(lanes)]
         fresh = Signal(init=1)
-        sums = [Mux(fresh, 0, accumulators[j]) + products[j] for j in range(lanes)]
         with m.If(advance & tags["step"]):
-            m.d.sync += [accumulators[j].eq(sums[j]) for j in range(lanes)]
+            m.d.sync += [accumulators[j].eq(Mux(fresh, 0, accumulators[j]) + weights[j] * pixel_values[j])
+                         for j in range(lanes)]
             m.d.sync += fresh.eq(tags["group_end"])
-        results = [value[:self.accumulator_width].as_signed() for value in sums]
+        delay_tags("acc")
+        results = accumulators
         result_valid = tags["step"] & tags["group_end"]
         if self._requantize:
             results, (result_valid, position_last, tag_group, meta), valids = requantize_stages(
@@ -469,6 +486,38 @@ class SparseConv(wiring.Component):
             in_flight += valids
         else:
             position_last = tags["position_end"]
+
+        # -------- counters ---------------------------------------------------------------------
+        # MACs are counted as their steps leave stage 1; the skip counts of a loaded position
+        # are registered raw, summed per list the next cycle and added up the cycle after.
+        loaded, summed = Signal(), Signal()
+        skip_pruned = [Signal.like(lists[co].pruned, name=f"skip_pruned_{co}") for co in range(c_out)]
+        skip_zero = [Signal.like(lists[co].zero, name=f"skip_zero_{co}") for co in range(c_out)]
+        skip_padding = [Signal(n, name=f"skip_padding_{co}") for co in range(c_out)]
+        list_padding = [Signal(range(n + 1), name=f"list_padding_{co}") for co in range(c_out)]
+        total_pruned, total_zero = (Signal(range(n * c_out + 1), name=f"total_{name}")
+                                    for name in ("pruned", "zero"))
+        m.d.sync += [loaded.eq(first_step), summed.eq(loaded)]
+        with m.If(first_step):
+            m.d.sync += [skip_pruned[co].eq(lists[co].pruned) for co in range(c_out)]
+            m.d.sync += [skip_zero[co].eq(lists[co].zero) for co in range(c_out)]
+            m.d.sync += [skip_padding[co].eq(padding[co]) for co in range(c_out)]
+        with m.If(loaded):
+            m.d.sync += [list_padding[co].eq(_sum(list(skip_padding[co]))) for co in range(c_out)]
+            m.d.sync += [total_pruned.eq(_sum(skip_pruned)), total_zero.eq(_sum(skip_zero))]
+        increments = {
+            "cycles":          step,
+            "performed":       Mux(advance & e1_step, _sum(e1_active), 0),
+            "skipped_pruned":  Mux(summed, total_pruned, 0),
+            "skipped_zero":    Mux(summed, total_zero, 0),
+            "skipped_padding": Mux(summed, _sum(list_padding), 0),
+        }
+        for name, increment in increments.items():
+            counter = getattr(self, name)
+            with m.If(self.clear_counters):
+                m.d.sync += counter.eq(0)
+            with m.Else():
+                m.d.sync += counter.eq(counter + increment)
 
         # -------- results: collected per group, offered per position ----------------------------
         collected = [Signal(self.o_stream.payload.data[co].shape(), name=f"collected_{co}",
@@ -488,5 +537,5 @@ class SparseConv(wiring.Component):
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
 
-        m.d.comb += self.busy.eq(Cat(w_valid, self.o_stream.valid, *in_flight).any())
+        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, self.o_stream.valid, *in_flight).any())
         return m

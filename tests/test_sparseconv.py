@@ -363,7 +363,7 @@ def test_properties():
     assert SparseConv(requantize=True).o_stream.payload.shape()["data"].shape.elem_shape == signed(8)
     assert SparseConv().accumulator_width == 20     # 9 · 128 · 255 = 293760
     assert dut.cycles_per_position(np.array([3, 1, 0, 0, 2, 5])).item() == 8
-    assert dut.latency == 5 and SparseConv(requantize=True).latency == 9
+    assert dut.latency == 6 and SparseConv(requantize=True).latency == 10
     assert PaddingMask(kernel_size=3, block_size=4, max_width=640, max_height=480).band_sizes == \
         (161, 161, 120, 120)
     with pytest.raises(AttributeError):
