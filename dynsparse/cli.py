@@ -7,6 +7,8 @@ Every Makefile target is one of these sub-commands::
     dynsparse sim --block B --sim icarus|verilator [--waves]
     dynsparse demo                       # density maps of real images, from RTL simulation
     dynsparse bench                      # sparse against dense convolution on real images
+    dynsparse compress weights.npy -o w.dsw --encoding bitmask --sparsity 0.75
+    dynsparse inspect w.dsw              # a weight stream's header, density, ratio, CRC
 """
 
 import argparse
@@ -206,10 +208,17 @@ def cmd_bitstream(args):
     from dynsparse.boards.build import BuildFailed, build_bitstream, BOARDS
     if args.board not in BOARDS:
         raise CommandError(f"unknown board {args.board!r}; boards are: {', '.join(BOARDS)}")
+    params = {name: getattr(args, name) for name in _CONV_BUILD_PARAMETERS if getattr(args, name) is not None}
+    if params and args.design != "conv":
+        raise CommandError(f"--{next(iter(params)).replace('_', '-')} is a parameter of --design conv")
     try:
-        build_bitstream(args.board, baud=args.baud)
-    except BuildFailed as error:
+        build_bitstream(args.board, design=args.design, baud=args.baud, **params)
+    except (BuildFailed, TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
+
+
+#: Parameters of the convolution design that `dynsparse bitstream --design conv` takes.
+_CONV_BUILD_PARAMETERS = ("kernel_size", "out_channels", "lanes", "max_width", "max_height", "tile_size")
 
 
 def cmd_flash(args):
@@ -218,7 +227,7 @@ def cmd_flash(args):
     if args.board not in BOARDS:
         raise CommandError(f"unknown board {args.board!r}; boards are: {', '.join(BOARDS)}")
     try:
-        return flash_bitstream(args.board, flash=not args.sram)
+        return flash_bitstream(args.board, design=args.design, flash=not args.sram)
     except BuildFailed as error:
         raise CommandError(str(error)) from None
 
@@ -227,7 +236,7 @@ def cmd_report(args):
     """Utilisation and Fmax of every block on iCE40UP5K and ECP5-25F."""
     from dynsparse.boards.report import FAMILIES, run_report
     from dynsparse.sim.blocks import BLOCKS, make_block
-    names = args.block or [name for name in BLOCKS if name != "board"]
+    names = args.block or [name for name in BLOCKS if name not in ("board", "convboard")]
     for name in names:
         if name not in BLOCKS:
             raise CommandError(f"unknown block {name!r}; blocks are: {', '.join(BLOCKS)}")
@@ -240,11 +249,19 @@ def cmd_report(args):
 
 
 def cmd_run(args):
-    """Send an image to a board, save the density map it returns as a PNG."""
+    """Send an image to a board; save the density map (density design) or one PNG per output
+    channel (convolution design) it returns, and print the counters."""
     import numpy as np
-    from dynsparse.boards.protocol import HostLink, LinkError, Register, SerialTransport
+    from dynsparse.boards.protocol import Design, HostLink, LinkError, Register, SerialTransport
     from dynsparse.golden.density import inv_ref_var
     image = _read_image(args.image)
+    weights = None
+    if args.design == "conv":
+        if args.weights is None:
+            raise CommandError("--design conv needs --weights (a .npy int array [C_out, 1, K, K] in [-127, 127])")
+        weights = _read_weights(args.weights)
+    elif args.weights is not None:
+        raise CommandError("--weights needs --design conv")
     try:
         transport = SerialTransport(args.port, args.baud)
     except LinkError as error:
@@ -252,18 +269,66 @@ def cmd_run(args):
     try:
         host = HostLink(transport, timeout=args.timeout)
         info = host.ping()
-        print(f"board on {args.port}: protocol {info['version']}, build {info['build_info']}")
-        host.write_register(Register.INV_REF_VAR, inv_ref_var(args.ref_std))
-        density = host.run_frame(image)[..., 0]
+        design = getattr(info["design"], "name", str(info["design"])).lower()
+        print(f"board on {args.port}: protocol {info['version']}, design {design}, kernel {info['kernel_size']}, "
+              f"{info['results_per_pixel']} results of {info['result_bytes']} bytes per pixel")
+        wanted = "density" if args.design == "density" else "conv"
+        if design != wanted:
+            raise CommandError(f"{args.port}: the board runs the {design} design, not {wanted} "
+                               f"(flash the other bitstream, or use --design {design})")
+        if info["design"] == Design.CONV:
+            host.write_weights(weights)
+            host.configure_conv(prune_threshold=args.threshold, multiplier=args.multiplier, shift=args.shift,
+                                dense=args.dense, pad_mode=args.pad_mode, inv_ref_var=inv_ref_var(args.ref_std))
+            results = host.run_conv(image)
+            counters = host.engine_counters()
+        else:
+            host.write_register(Register.INV_REF_VAR, inv_ref_var(args.ref_std))
+            density = host.run_frame(image)[..., 0]
         status = host.status()
-    except LinkError as error:
+    except (LinkError, ValueError) as error:
         raise CommandError(f"{args.port}: {error}") from None
     finally:
         transport.close()
+    if info["design"] == Design.CONV:
+        stem = Path(args.output) if args.output else Path(args.image).with_suffix("")
+        for co in range(results.shape[2]):
+            out = stem.with_name(f"{stem.name}.conv{co}.png")
+            _write_int8_png(out, results[:, :, co])
+            print(f"wrote {out}")
+        dense_macs = image.size * int(weights.size)
+        print(f"{image.shape[1]}×{image.shape[0]} pixels: {counters['cycles']} engine cycles, "
+              f"{counters['performed']} of {dense_macs} MACs performed ({counters['pruned']} pruned, "
+              f"{counters['zero']} zero weights, {counters['padding']} padding); "
+              f"engine errors: {', '.join(counters['error_names']) or 'none'}")
+        return 0
     out = Path(args.output or Path(args.image).with_suffix(".density.png"))
     _write_density_png(out, density)
     print(f"{image.shape[1]}×{image.shape[0]} pixels, {status['cycles']} cycles in the FPGA; wrote {out}")
     return 0
+
+
+def _read_weights(path):
+    """int weights ``[C_out, 1, K, K]`` in [-127, 127] from a .npy file, or a clear error."""
+    import numpy as np
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such file")
+    try:
+        weights = np.load(path)
+    except Exception as error:
+        raise CommandError(f"{path}: cannot read the weights ({error})") from None
+    if weights.ndim != 4 or not np.issubdtype(weights.dtype, np.integer) or \
+            (weights.size and (weights.min() < -127 or weights.max() > 127)):
+        raise CommandError(f"{path}: weights must be an int array [C_out, C_in, K, K] in [-127, 127], "
+                           f"not {weights.dtype} {weights.shape}")
+    return weights
+
+
+def _write_int8_png(path, values):
+    import numpy as np
+    import skimage.io
+    skimage.io.imsave(path, (values.astype(np.int16) + 128).astype(np.uint8), check_contrast=False)
 
 
 def _read_image(path):
@@ -293,6 +358,100 @@ def _write_density_png(path, density):
     import skimage.io
     skimage.io.imsave(path, np.clip(density.astype(np.float64) * 255 / 256, 0, 255).astype(np.uint8),
                       check_contrast=False)
+
+
+def _read_weights(path, what="weights"):
+    """An int8-valued 2-D or 4-D (C_out × C_in × K × K) tensor from a .npy file, or a clear error."""
+    import numpy as np
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise CommandError(f"{path}: not a .npy file (no NumPy magic)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as error:      # any decoder error becomes a message, not a traceback
+        raise CommandError(f"{path}: not a .npy array file ({error})") from None
+    if not isinstance(array, np.ndarray):
+        raise CommandError(f"{path}: expected one array, not an archive")
+    if what == "gradients":
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise CommandError(f"{path}: gradients must be finite numbers, not {array.dtype}")
+        return array
+    if not np.issubdtype(array.dtype, np.integer):
+        raise CommandError(f"{path}: weights must be integers (int8 values), not {array.dtype}")
+    if array.ndim not in (2, 4) or (array.ndim == 4 and array.shape[2] != array.shape[3]) or array.size == 0:
+        raise CommandError(f"{path}: weights must be a 2-D matrix or a C_out × C_in × K × K tensor, "
+                           f"not shape {array.shape}")
+    if np.abs(array.astype(np.int64)).max() > 127:
+        raise CommandError(f"{path}: weights must lie in [-127, 127], not [{array.min()}, {array.max()}]")
+    return array
+
+
+def cmd_compress(args):
+    """Sparsify an int8 weight tensor and write it as a weight stream (docs/weightstream.md)."""
+    from dynsparse.golden.sparsify import fit_predictor, quantise_predictor, sparsification_metadata, sparsify
+    from dynsparse.golden.weightstream import encode_stream
+    weights = _read_weights(args.weights)
+    gradients = _read_weights(args.gradients, "gradients") if args.gradients else None
+    if (args.criterion == "gradient") != (gradients is not None):
+        raise CommandError("--gradients FILE goes with --criterion gradient, and only with it")
+    selection = {"sparsity": args.sparsity, "threshold": args.threshold, "budget": args.budget}
+    if all(value is None for value in selection.values()):
+        selection["sparsity"] = 0.0
+    selection = {key: value for key, value in selection.items() if value is not None}
+    try:
+        mask = sparsify(weights, criterion=args.criterion, gradients=gradients, encoding=args.encoding,
+                        interpolation=args.interpolation, **selection)
+        predictor = {}
+        if args.interpolation == "learned":
+            coefficients, shift = quantise_predictor(fit_predictor(weights.astype("int64"), mask))
+            predictor = {"coefficients": coefficients, "shift": shift}
+        criterion, kind, parameter = sparsification_metadata(criterion=args.criterion, **selection)
+        stream = encode_stream(weights, mask, encoding=args.encoding, interpolation=args.interpolation,
+                               criterion=criterion, selection=kind, parameter=parameter, **predictor)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    out = Path(args.output or Path(args.weights).with_suffix(".dsw"))
+    out.write_bytes(stream)
+    kept = int(mask.sum())
+    print(f"wrote {out}: {len(stream)} bytes ({len(stream) / weights.size:.3f} × dense int8), "
+          f"{args.encoding}, kept {kept} of {weights.size} (density {kept / weights.size:.3f})")
+    return 0
+
+
+def cmd_inspect(args):
+    """Parse a weight stream and print its header, density, ratio to dense and CRC status."""
+    import numpy as np
+    from dynsparse.golden.sparsify import reconstruct
+    from dynsparse.golden.weightstream import StreamFormatError, parse_stream
+    path = Path(args.stream)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        stream = parse_stream(data)
+    except StreamFormatError as error:
+        raise CommandError(f"{path}: corrupt weight stream: {error} (error code {int(error.code)})") from None
+    header = stream.header
+    entries = header.entries
+    rows, cols = header.matrix_shape
+    print(f"{path}: weight stream version {header.version}, {len(data)} bytes, CRC-32 OK")
+    print(f"  shape          {' × '.join(map(str, header.shape))} (matrix view {rows} × {cols})")
+    print(f"  encoding       {header.encoding.name.lower()}, {header.value_bits}-bit values")
+    print(f"  interpolation  {header.interpolation.name.lower()}"
+          + (f" (coefficients {stream.coefficients.tolist()}, shift {stream.shift})"
+             if stream.coefficients is not None else ""))
+    value = header.parameter_value()
+    print(f"  sparsified by  {header.criterion.name.lower()}, {header.selection.name.lower()}"
+          + ("" if value is None else f" {value:g}"))
+    print(f"  kept           {header.kept} of {entries} (density {header.kept / entries:.4f})")
+    print(f"  size           {len(data)} bytes, {len(data) / entries:.4f} × dense int8 ({entries} bytes)")
+    if args.rebuild:
+        np.save(args.rebuild, reconstruct(stream).astype(np.int8))
+        print(f"  rebuilt tensor written to {args.rebuild}")
+    return 0
 
 
 def build_parser():
@@ -336,11 +495,21 @@ def build_parser():
     p = sub.add_parser("bitstream", help="build a board's bitstream (YoWASP tools)")
     p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f, ulx3s-25f, ...")
     p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--design", choices=("density", "conv"), default="density",
+                   help="density map (default) or the sparse convolution engine")
+    for name, text in (("kernel_size", "conv: kernel K (default 3)"),
+                       ("out_channels", "conv: output channels C_out (default 4)"),
+                       ("lanes", "conv: multiplier lanes (default 2)"),
+                       ("max_width", "conv: largest frame width (default 64)"),
+                       ("max_height", "conv: largest frame height (default 64)"),
+                       ("tile_size", "conv: tile size of the tap densities (default 1)")):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, help=text)
     p.set_defaults(handler=cmd_bitstream)
 
     p = sub.add_parser("flash", help="program a board with openFPGALoader")
     p.add_argument("--board", required=True)
     p.add_argument("--sram", action="store_true", help="load into the FPGA only (lost at power-off)")
+    p.add_argument("--design", choices=("density", "conv"), default="density")
     p.set_defaults(handler=cmd_flash)
 
     p = sub.add_parser("report", help="utilisation and Fmax of every block on iCE40UP5K and ECP5-25F")
@@ -351,14 +520,43 @@ def build_parser():
                    help="format the last run's figures again (and the last bitstreams') without running the tools")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("run", help="run an image through a board, save its density map")
+    p = sub.add_parser("run", help="run an image through a board, save its density map or convolution")
     p.add_argument("image", help="PNG/JPEG (converted to gray) or .npy uint8 image")
     p.add_argument("--port", default="/dev/ttyUSB1", help="serial port (default /dev/ttyUSB1)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--ref-std", type=float, default=24.0, help="reference standard deviation (density 1.0)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the board")
-    p.add_argument("-o", "--output", help="output PNG (default: <image>.density.png)")
+    p.add_argument("-o", "--output", help="output PNG (default: <image>.density.png; conv: "
+                                          "<image>.conv<c>.png per output channel)")
+    p.add_argument("--design", choices=("density", "conv"), default="density",
+                   help="what the board must run (default density)")
+    p.add_argument("--weights", help="conv: .npy int weights [C_out, 1, K, K] in [-127, 127]")
+    p.add_argument("--threshold", type=int, default=64, help="conv: prune threshold, UQ1.8 (0-511)")
+    p.add_argument("--multiplier", type=int, default=1, help="conv: requantisation multiplier (0-65535)")
+    p.add_argument("--shift", type=int, default=8, help="conv: requantisation right shift (0-47)")
+    p.add_argument("--dense", action="store_true", help="conv: dense mode (nothing pruned or skipped)")
+    p.add_argument("--pad-mode", choices=("zero", "replicate", "reflect"), default="zero",
+                   help="conv: padding mode")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("compress", help="sparsify int8 weights (.npy) into a weight stream (docs/weightstream.md)")
+    p.add_argument("weights", help=".npy int8-valued matrix or C_out × C_in × K × K tensor")
+    p.add_argument("-o", "--output", help="stream file (default: <weights>.dsw)")
+    p.add_argument("--encoding", choices=("bitmask", "rle", "csr", "csc"), default="bitmask")
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--sparsity", type=float, help="fraction of entries to drop, 0 … 1 (default 0)")
+    chosen.add_argument("--threshold", type=float, help="keep entries whose score is >= this")
+    chosen.add_argument("--budget", type=int, help="largest stream that fits this many bytes")
+    p.add_argument("--criterion", choices=("magnitude", "gradient", "channel"), default="magnitude")
+    p.add_argument("--gradients", help=".npy gradients of the weights (--criterion gradient)")
+    p.add_argument("--interpolation", choices=("zero", "linear", "learned"), default="zero",
+                   help="how the receiver fills dropped entries")
+    p.set_defaults(handler=cmd_compress)
+
+    p = sub.add_parser("inspect", help="check a weight stream, print its header, density and ratio")
+    p.add_argument("stream", help=".dsw weight stream")
+    p.add_argument("--rebuild", help="write the reconstructed int8 tensor to this .npy")
+    p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("list", help="list the blocks and their parameters")
     p.set_defaults(handler=cmd_list)
