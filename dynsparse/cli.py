@@ -360,7 +360,7 @@ def _write_density_png(path, density):
                       check_contrast=False)
 
 
-def _read_weights(path, what="weights"):
+def _read_weight_tensor(path, what="weights"):
     """An int8-valued 2-D or 4-D (C_out × C_in × K × K) tensor from a .npy file, or a clear error."""
     import numpy as np
     path = Path(path)
@@ -393,8 +393,8 @@ def cmd_compress(args):
     """Sparsify an int8 weight tensor and write it as a weight stream (docs/weightstream.md)."""
     from dynsparse.golden.sparsify import fit_predictor, quantise_predictor, sparsification_metadata, sparsify
     from dynsparse.golden.weightstream import encode_stream
-    weights = _read_weights(args.weights)
-    gradients = _read_weights(args.gradients, "gradients") if args.gradients else None
+    weights = _read_weight_tensor(args.weights)
+    gradients = _read_weight_tensor(args.gradients, "gradients") if args.gradients else None
     if (args.criterion == "gradient") != (gradients is not None):
         raise CommandError("--gradients FILE goes with --criterion gradient, and only with it")
     selection = {"sparsity": args.sparsity, "threshold": args.threshold, "budget": args.budget}

@@ -365,27 +365,33 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
                  f"Largest deviation from the analytic size: {100 * worst:.2f} %.")
     lines.append("")
     # reconstruction error
-    lines.append("| density | method | RMS error (LSB), dropped entries | largest error | "
-                 "integer vs float, largest | ")
-    lines.append("|---|---|---|---|---|")
-    for density in densities:
-        masks = {name: top_k_mask(np.abs(q[name]), _keep(q[name].size, density)) for name in LAYERS}
-        for method in METHODS:
-            errors, float_gap = [], 0.0
+    lines.append("| criterion | density | method | RMS error (LSB), dropped entries | largest error | "
+                 "integer vs float, largest |")
+    lines.append("|---|---|---|---|---|---|")
+    grads = mean_gradients(dense, x, y)
+    for criterion in ("magnitude", "gradient"):
+        for density in densities:
+            masks = {}
             for name in LAYERS:
-                kw, fkw = {}, {}
-                if method == "learned":
-                    c = fit_predictor(q[name], masks[name])
-                    kw["coefficients"], kw["shift"] = quantise_predictor(c)
-                    fkw["coefficients"] = c
-                r = interpolate(q[name], masks[name], method, **kw)
-                f = interpolate_float(q[name], masks[name], method, **fkw)
-                dropped = ~masks[name]
-                errors.append((r - q[name].astype(np.int64))[dropped])
-                float_gap = max(float_gap, float(np.abs(r - f).max()))
-            errors = np.concatenate(errors)
-            lines.append(f"| {density:.2f} | {method} | {np.sqrt(np.mean(errors.astype(float) ** 2)):.2f} | "
-                         f"{np.abs(errors).max()} | {float_gap:.2f} |")
+                kw = {"gradients": grads[name]} if criterion == "gradient" else {}
+                masks[name] = top_k_mask(scores(q[name], criterion, **kw), _keep(q[name].size, density))
+            for method in METHODS:
+                errors, float_gap = [], 0.0
+                for name in LAYERS:
+                    kw, fkw = {}, {}
+                    if method == "learned":
+                        c = fit_predictor(q[name], masks[name])
+                        kw["coefficients"], kw["shift"] = quantise_predictor(c)
+                        fkw["coefficients"] = c
+                    r = interpolate(q[name], masks[name], method, **kw)
+                    f = interpolate_float(q[name], masks[name], method, **fkw)
+                    dropped = ~masks[name]
+                    errors.append((r - q[name].astype(np.int64))[dropped])
+                    float_gap = max(float_gap, float(np.abs(r - f).max()))
+                errors = np.concatenate(errors)
+                lines.append(f"| {criterion} | {density:.2f} | {method} | "
+                             f"{np.sqrt(np.mean(errors.astype(float) ** 2)):.2f} | "
+                             f"{np.abs(errors).max()} | {float_gap:.2f} |")
     lines.append("")
     # accuracy
     lines.append("| density | method | post-hoc (dense model pruned) | sparsity-aware fine-tuned |")
@@ -405,7 +411,6 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
     # criteria
     lines.append("| density | criterion | post-hoc accuracy, zero interpolation |")
     lines.append("|---|---|---|")
-    grads = mean_gradients(dense, x, y)
     for density in densities:
         for criterion in ("magnitude", "gradient", "channel"):
             masks = {}
