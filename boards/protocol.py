@@ -1,4 +1,4 @@
-"""Host side of the dynsparse link protocol, version 1 (``docs/protocol.md``).
+"""Host side of the dynsparse link protocol, version 2 (``docs/protocol.md``).
 
 Transport-independent: packet encoders, an incremental reply parser, the
 constants of the protocol and CRC-8, shared by the board API and the
@@ -16,9 +16,10 @@ import numpy as np
 
 __all__ = [
     "COMMAND_MAGIC", "REPLY_MAGIC", "DEVICE_MAGIC", "PROTOCOL_VERSION", "DEVICE_ID",
-    "RESULT_BYTES", "ERROR_BITS", "Command", "Status", "Register",
+    "RESULT_BYTES", "ERROR_BITS", "ENGINE_ERROR_BITS", "Command", "Status", "Register", "Design",
     "crc8", "encode_command", "encode_ping", "encode_write_register", "encode_read_register",
     "encode_run_frame", "encode_reply", "encode_frame_result",
+    "ENGINE_COUNTERS", "PAD_MASK_BANDS", "pad_mask_word",
     "Reply", "FrameResult", "ReplyParser",
     "LinkError", "ProtocolError", "LinkTimeout", "LinkUnavailable",
     "HostLink", "SerialTransport",
@@ -32,10 +33,10 @@ REPLY_MAGIC = 0x5A
 #: First four bytes of a PING reply.
 DEVICE_MAGIC = b"DSPS"
 #: Protocol version, fifth byte of a PING reply.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Value of the read-only ID register: ``DEVICE_MAGIC`` read as a little-endian u32.
 DEVICE_ID = int.from_bytes(DEVICE_MAGIC, "little")      # 0x53505344
-#: Bytes per result on the wire (u16, little-endian).
+#: Bytes per result on the wire of the density design (u16, little-endian); version 1's only size.
 RESULT_BYTES = 2
 
 
@@ -54,6 +55,13 @@ class Status(enum.IntEnum):
     BAD_REGISTER    = 4
     TIMEOUT         = 5
     BAD_FRAME_SIZE  = 6
+    BAD_VALUE       = 7
+
+
+class Design(enum.IntEnum):
+    """What a board computes: byte 5 of the PING reply (version 2)."""
+    DENSITY = 0          # density map, one u16 per pixel byte
+    CONV    = 1          # sparse convolution, C_out int8 results per pixel
 
 
 class Register(enum.IntEnum):
@@ -69,6 +77,20 @@ class Register(enum.IntEnum):
     IGNORED_BYTES = 0x13
     BAD_COMMANDS  = 0x14
     PIXEL_CREDIT  = 0x15
+    # the convolution design's registers (Design.CONV)
+    WEIGHT_ADDR        = 0x20
+    WEIGHT_DATA        = 0x21
+    PRUNE_THRESHOLD    = 0x22
+    REQUANT_MULTIPLIER = 0x23
+    REQUANT_SHIFT      = 0x24
+    DENSE              = 0x25
+    PAD_MASK           = 0x26
+    CONV_CYCLES        = 0x28
+    PERFORMED          = 0x29
+    SKIPPED_PRUNED     = 0x2A
+    SKIPPED_ZERO       = 0x2B
+    SKIPPED_PADDING    = 0x2C
+    ENGINE_ERRORS      = 0x2D
 
 
 #: ERRORS register: bit → name (bits 0-4 come from the pipeline).
@@ -77,6 +99,29 @@ ERROR_BITS = {
     8: "uart_framing", 9: "uart_overrun", 10: "command_timeout", 11: "bad_crc",
     12: "frame_timeout",
 }
+
+#: ENGINE_ERRORS register of the convolution design: bit → name.
+ENGINE_ERROR_BITS = {
+    0: "window_dropped", 1: "window_early_first", 2: "window_early_last", 3: "window_missing_last",
+    4: "window_bad_size", 5: "scaler_bad_weight", 6: "scaler_bad_address", 7: "scaler_bad_density",
+    8: "engine_misaligned", 9: "engine_bad_tap", 10: "engine_bad_mask_write", 11: "bad_size",
+}
+
+#: The engine's counters (registers of the convolution design), in the golden model's names.
+ENGINE_COUNTERS = {"cycles": Register.CONV_CYCLES, "performed": Register.PERFORMED,
+                   "pruned": Register.SKIPPED_PRUNED, "zero": Register.SKIPPED_ZERO,
+                   "padding": Register.SKIPPED_PADDING}
+
+#: PAD_MASK register: bits 0-15 block index, 16-17 band (top, bottom, left, right), 24 value.
+PAD_MASK_BANDS = ("top", "bottom", "left", "right")
+
+
+def pad_mask_word(band, index, value):
+    """The PAD_MASK register value that sets block ``index`` of ``band`` (0-3) to ``value`` (0/1)."""
+    if band not in range(4) or index not in range(1 << 16) or value not in (0, 1):
+        raise ValueError(f"pad mask write must be band 0-3, index 0-65535, value 0/1, "
+                         f"not {(band, index, value)!r}")
+    return index | band << 16 | value << 24
 
 
 def crc8(data, crc=0):
@@ -300,13 +345,30 @@ class HostLink:
         self._items.clear()
 
     def ping(self):
-        """Return ``{"version", "build_info"}``; ``build_info`` is (kernel size, channels, result bytes)."""
+        """Identify the device: a dict with ``version``, ``design`` (:class:`Design`),
+        ``kernel_size``, ``channels`` (pixel bytes per pixel), ``results_per_pixel``,
+        ``result_bytes`` and ``build_info`` (those five as a tuple; version 1 devices
+        report a density design with three bytes of build information).
+        """
         payload = self._command(Command.PING)
-        if len(payload) != 8 or payload[:4] != DEVICE_MAGIC:
+        if len(payload) < 5 or payload[:4] != DEVICE_MAGIC:
             raise ProtocolError(f"PING: unexpected payload {payload.hex()}")
-        if payload[4] != PROTOCOL_VERSION:
-            raise ProtocolError(f"PING: protocol version {payload[4]}, expected {PROTOCOL_VERSION}")
-        self._info = {"version": payload[4], "build_info": tuple(payload[5:8])}
+        version = payload[4]
+        if version == 1 and len(payload) == 8:
+            kernel_size, channels, result_bytes = payload[5:8]
+            design, results_per_pixel = Design.DENSITY, channels
+        elif version == PROTOCOL_VERSION and len(payload) == 10:
+            design, kernel_size, channels, results_per_pixel, result_bytes = payload[5:10]
+            design = Design(design) if design in {d.value for d in Design} else design
+        else:
+            raise ProtocolError(f"PING: protocol version {version} with {len(payload)} bytes, "
+                                f"expected version {PROTOCOL_VERSION} (or 1)")
+        if result_bytes not in (1, 2) or not channels or not results_per_pixel:
+            raise ProtocolError(f"PING: unexpected build information {payload[5:].hex()}")
+        self._info = {"version": version, "design": design, "kernel_size": kernel_size,
+                      "channels": channels, "results_per_pixel": results_per_pixel,
+                      "result_bytes": result_bytes,
+                      "build_info": (design, kernel_size, channels, results_per_pixel, result_bytes)}
         return dict(self._info)
 
     def write_register(self, register, value):
@@ -331,11 +393,86 @@ class HostLink:
     def clear_errors(self):
         self.write_register(Register.CONTROL, 1)
 
-    def run_frame(self, frame):
-        """Send a uint8 frame ``[H, W]`` or ``[H, W, C]``, return its results as uint16 ``[H, W, C]``.
+    # ---- the convolution design (Design.CONV) ----
+    def _conv_info(self):
+        if self._info is None:
+            self.ping()
+        if self._info["design"] != Design.CONV:
+            raise ProtocolError(f"the device's design is {getattr(self._info['design'], 'name', self._info['design'])}"
+                                f", not CONV (rebuild the bitstream with --design conv)")
+        return self._info
 
-        Pixels are sent in pieces so that pixel bytes sent minus results
-        received never exceed the device's PIXEL_CREDIT (its pixel buffer).
+    def write_weights(self, weights):
+        """Load int8 weights ``[C_out, C_in, K, K]`` in [-127, 127] (WEIGHT_ADDR 0, then WEIGHT_DATA each)."""
+        info = self._conv_info()
+        weights = np.asarray(weights)
+        k = info["kernel_size"]
+        shape = (info["results_per_pixel"], info["channels"], k, k)
+        if weights.shape != shape or not np.issubdtype(weights.dtype, np.integer):
+            raise ValueError(f"weights must be integers of shape {shape}, not {weights.dtype} {weights.shape}")
+        if weights.size and (weights.min() < -127 or weights.max() > 127):
+            raise ValueError(f"weights must be in [-127, 127], not [{weights.min()}, {weights.max()}]")
+        self.write_register(Register.WEIGHT_ADDR, 0)
+        for value in weights.ravel():
+            self.write_register(Register.WEIGHT_DATA, int(value))
+
+    def write_padding_mask(self, mask, width, height, *, block_size=4):
+        """Load a padding mask (``golden.padmask`` order) for ``width × height`` frames, bit by bit."""
+        from ..golden.padmask import BANDS, mask_layout
+        info = self._conv_info()
+        layout = mask_layout(width, height, kernel_size=info["kernel_size"], block_size=block_size)
+        mask = np.asarray(mask).ravel()
+        length = sum(count for _, count in layout.values())
+        if mask.shape != (length,) or not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"padding mask must be {length} values 0/1 for {width}×{height}, "
+                             f"not {mask.shape[0]} values")
+        # the engine checks each write against the frame size: WIDTH and HEIGHT first
+        self.write_register(Register.WIDTH, width)
+        self.write_register(Register.HEIGHT, height)
+        for band_number, band in enumerate(BANDS):
+            first, count = layout[band]
+            for index in range(count):
+                self.write_register(Register.PAD_MASK, pad_mask_word(band_number, index,
+                                                                     int(mask[first + index])))
+
+    def configure_conv(self, *, prune_threshold=None, multiplier=None, shift=None, dense=None,
+                       pad_mode=None, inv_ref_var=None):
+        """Write the given engine settings (``None`` leaves a register as it is)."""
+        self._conv_info()
+        pad_modes = {"zero": 0, "replicate": 1, "reflect": 2}
+        if isinstance(pad_mode, str):
+            if pad_mode not in pad_modes:
+                raise ValueError(f"pad mode must be one of {', '.join(pad_modes)}, not {pad_mode!r}")
+            pad_mode = pad_modes[pad_mode]
+        for register, value in ((Register.PRUNE_THRESHOLD, prune_threshold),
+                                (Register.REQUANT_MULTIPLIER, multiplier), (Register.REQUANT_SHIFT, shift),
+                                (Register.DENSE, None if dense is None else int(bool(dense))),
+                                (Register.PAD_MODE, pad_mode), (Register.INV_REF_VAR, inv_ref_var)):
+            if value is not None:
+                self.write_register(register, value)
+
+    def engine_counters(self):
+        """The engine's counters for the last frame (golden names) and its error flags."""
+        self._conv_info()
+        values = {name: self.read_register(register) for name, register in ENGINE_COUNTERS.items()}
+        errors = self.read_register(Register.ENGINE_ERRORS)
+        values["errors"] = errors
+        values["error_names"] = [name for bit, name in ENGINE_ERROR_BITS.items() if errors >> bit & 1]
+        return values
+
+    def run_conv(self, image):
+        """Convolve a uint8 image ``[H, W]`` (or ``[H, W, C_in]``): int8 results ``[H, W, C_out]``."""
+        self._conv_info()
+        return self.run_frame(image).view(np.int8)
+
+    def run_frame(self, frame):
+        """Send a uint8 frame ``[H, W]`` or ``[H, W, C]``; return its raw results ``[H, W, R]``.
+
+        ``R`` is the device's results per pixel; uint16 for 2-byte results (the
+        density design), uint8 for 1-byte results (the convolution design's int8
+        results: :meth:`run_conv` views them as int8). Pixels are sent in pieces
+        so that pixel bytes sent minus the pixel bytes whose results have all
+        arrived never exceed the device's PIXEL_CREDIT (its pixel buffer).
         """
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
@@ -348,15 +485,17 @@ class HostLink:
             self.ping()
         if self._credit is None:
             self._credit = self.read_register(Register.PIXEL_CREDIT)
-        device_channels = self._info["build_info"][1]
+        device_channels = self._info["channels"]
         if channels != device_channels:
             raise ValueError(f"frame must have {device_channels} channels, not {channels}")
+        results_per_pixel, result_bytes = self._info["results_per_pixel"], self._info["result_bytes"]
+        pixel_result_bytes = results_per_pixel * result_bytes
         self.write_register(Register.WIDTH, width)
         self.write_register(Register.HEIGHT, height)
 
         header = self._command(Command.RUN_FRAME)
         pixels = np.ascontiguousarray(frame).tobytes()
-        expected = len(pixels) * RESULT_BYTES
+        expected = height * width * pixel_result_bytes
         if int.from_bytes(header, "little") != expected:
             raise ProtocolError(f"RUN_FRAME: device announces {int.from_bytes(header, 'little')} "
                                 f"result bytes, expected {expected}")
@@ -365,7 +504,7 @@ class HostLink:
             if self._items:
                 result = self._items.popleft()
                 break
-            in_flight = sent - self.parser.pending_bytes // RESULT_BYTES
+            in_flight = sent - self.parser.pending_bytes // pixel_result_bytes * channels
             if sent < len(pixels) and in_flight < self._credit:
                 piece = min(self._credit - in_flight, len(pixels) - sent)
                 self.transport.write(pixels[sent:sent + piece])
@@ -381,8 +520,9 @@ class HostLink:
             raise ProtocolError(f"RUN_FRAME: device ended the frame with {name}", result.status)
         if not result.crc_ok:
             raise ProtocolError("RUN_FRAME: result CRC mismatch")
-        return np.frombuffer(result.data, dtype="<u2").astype(np.uint16) \
-            .reshape(height, width, channels)
+        dtype = "<u2" if result_bytes == 2 else np.uint8
+        return np.frombuffer(result.data, dtype=dtype).astype(np.uint16 if result_bytes == 2 else np.uint8) \
+            .reshape(height, width, results_per_pixel)
 
 
 class SerialTransport:

@@ -132,18 +132,23 @@ def _boards_markdown(boards_dir):
                                 in sorted(summary["utilisation"].items()) if bel != "SB_GB")
         verdict = "yes" if summary["fmax_mhz"] >= summary["target_mhz"] else \
             f"no, {summary['target_mhz'] - summary['fmax_mhz']:.1f} MHz short"
-        rows.append(f"| {summary['board']} | {summary['device']} | {utilisation} | "
+        design = summary.get("design", "density")
+        if summary.get("parameters"):
+            design += " (" + ", ".join(f"{k} {v}" for k, v in sorted(summary["parameters"].items())) + ")"
+        rows.append(f"| {summary['board']} | {design} | {summary['device']} | {utilisation} | "
                     f"{summary['fmax_mhz']} | {summary['clock_mhz']:g} | {summary['target_mhz']:g} | "
                     f"{verdict} | {_path_text(path)} |")
     if not rows:
         return ""
     return "\n".join([
         "## Board tops (`make bitstream`)", "",
-        "The whole board design (UART, host link, register slices, window generator, density "
-        "unit) as built by the last `make bitstream BOARD=…` on this machine. It runs at the "
-        "board's clock; the target is the performance goal.", "",
-        "| board | device | utilisation | Fmax (MHz) | board clock | target | meets target | critical path |",
-        "|---|---|---|---|---|---|---|---|", *rows, ""])
+        "The whole board design as built by the last `make bitstream BOARD=… [ARGS=\"--design conv\"]` "
+        "on this machine: UART, host link, register slices and the density pipeline (design "
+        "`density`) or the sparse convolution engine (design `conv`: density unit, kernel scaler, "
+        "window generators, sparse MAC engine, requantisation). It runs at the board's clock; the "
+        "target is the performance goal.", "",
+        "| board | design | device | utilisation | Fmax (MHz) | board clock | target | meets target | critical path |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, ""])
 
 
 def _markdown(results, build_dir=None):
@@ -207,22 +212,29 @@ def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Pa
                reuse=False, boards_dir=Path("build/boards")):
     """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown.
 
-    With ``reuse``, the figures of the last run (``build_dir/report.json``) are
-    formatted again without running the tools.
+    Rows of blocks or families not measured in this run are kept from the last
+    run (``build_dir/report.json``). With ``reuse``, the figures of the last run
+    are formatted again without running the tools.
     """
     families = families or list(FAMILIES)
     build_dir = Path(build_dir)
+    previous_path = build_dir / "report.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else []
     if reuse:
-        results = json.loads((build_dir / "report.json").read_text())
+        results = previous
     else:
-        results = []
+        measured = []
         total = len(blocks) * len(families)
         for name, factory in blocks.items():
             for family in families:
-                log(f"[{len(results) + 1}/{total}] {name} on {family} ...")
-                results.append(measure_block(name, factory, family, build_dir, log=log))
+                log(f"[{len(measured) + 1}/{total}] {name} on {family} ...")
+                measured.append(measure_block(name, factory, family, build_dir, log=log))
+        # The rows of blocks and families not measured now are kept from the last run, so that
+        # `--block hostlink` updates its rows instead of dropping every other block's.
+        new = {(r["block"], r["family"]): r for r in measured}
+        results = [new.pop((r["block"], r["family"]), r) for r in previous] + list(new.values())
         build_dir.mkdir(parents=True, exist_ok=True)
-        (build_dir / "report.json").write_text(json.dumps(results, indent=2))
+        previous_path.write_text(json.dumps(results, indent=2))
     table = _markdown(results, build_dir) + "\n" + _boards_markdown(boards_dir)
     if docs is not None:
         (Path(docs) / "report.json").write_text(json.dumps(results, indent=2))

@@ -1,4 +1,4 @@
-"""Command processor between the UART byte streams and the pipeline (protocol version 1).
+"""Command processor between the UART byte streams and the pipeline (protocol version 2).
 
 The protocol is specified byte by byte in ``docs/protocol.md``; its constants
 come from :mod:`dynsparse.boards.protocol`, the host side, so that both ends
@@ -10,7 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..boards.protocol import (COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION,
-                               REPLY_MAGIC, RESULT_BYTES, Command, Register, Status)
+                               REPLY_MAGIC, Command, Design, Register, Status)
 from .frame import check_int, frame_layout
 from .skid import StreamFIFO
 
@@ -21,7 +21,7 @@ __all__ = ["HostLink", "pixel_byte_layout", "result_layout", "crc8_next", "one_h
 #: Payload of the ``pixel`` stream: one byte of one channel, frame markers.
 pixel_byte_layout = frame_layout(unsigned(8))
 
-#: Payload of the ``result`` stream: one u16 result per pixel byte.
+#: Payload of the ``result`` stream: one result (sent as its low ``result_bytes`` bytes).
 result_layout = data.StructLayout({"data": unsigned(16), "last": unsigned(1)})
 
 
@@ -43,6 +43,12 @@ def crc8_next(crc, byte):
                  for j in range(8)))
 
 
+#: The link's own register addresses; every other address is the design's.
+_LINK_REGISTERS = (Register.ID, Register.WIDTH, Register.HEIGHT, Register.INV_REF_VAR, Register.PAD_MODE,
+                   Register.CONTROL, Register.CYCLES, Register.FRAMES, Register.ERRORS,
+                   Register.IGNORED_BYTES, Register.BAD_COMMANDS, Register.PIXEL_CREDIT)
+
+
 def one_hot(fsm):
     """Ask Yosys to encode the state register of ``fsm`` (from ``with m.FSM() as fsm``, after
     the block) one-hot: each state's next-state logic then depends on a few flip-flops instead
@@ -59,14 +65,25 @@ class HostLink(wiring.Component):
 
     Commands arrive on ``rx`` and replies leave on ``tx`` as packets with a
     CRC-8. RUN_FRAME forwards ``width · height · channels`` pixel bytes from
-    ``rx`` to ``pixel`` through a FIFO of ``pixel_buffer`` bytes, and sends each
-    result from ``result`` back as two bytes, LSB first, then a trailer. A
-    watchdog bounds every wait (see ``docs/protocol.md``, *Timeouts*).
+    ``rx`` to ``pixel`` through a FIFO of ``pixel_buffer`` bytes, and sends
+    ``width · height · results_per_pixel`` results from ``result`` back, each as
+    ``result_bytes`` bytes, LSB first, then a trailer. A watchdog bounds every
+    wait (see ``docs/protocol.md``, *Timeouts*). Register addresses that are
+    not the link's own (``0x20`` and up, by convention) go to the design through
+    the ``reg_*`` ports.
 
     Parameters
     ----------
     channels : int
-        Pixel bytes (and results) per pixel, at least 1.
+        Pixel bytes per pixel, at least 1.
+    results_per_pixel : int
+        Results per pixel, 1 to 255; ``None`` (default): ``channels``.
+    result_bytes : int
+        Bytes per result on the wire, 1 or 2.
+    design : int
+        What the board computes, byte 5 of the PING reply (:class:`~dynsparse.boards.protocol.Design`).
+    kernel_size : int
+        Kernel size reported in the PING reply, 1 to 255.
     max_width, max_height : int
         Largest frame, at least 1 each.
     min_width, min_height : int
@@ -76,9 +93,6 @@ class HostLink(wiring.Component):
         Cycles of silence, at least 16, after which a command packet is
         dropped or a frame's missing pixels are replaced with zeros; results
         missing for four times as long are replaced with zeros.
-    build_info : tuple of 3 ints
-        Bytes 6-8 of the PING reply, each in [0, 255]; by convention
-        (kernel size, channels, result bytes per result).
     pixel_buffer : int
         Depth of the pixel FIFO in bytes, at least 2, read back as the
         PIXEL_CREDIT register. The host keeps at most this many pixel bytes
@@ -95,7 +109,7 @@ class HostLink(wiring.Component):
     pixel : Out(stream.Signature(pixel_byte_layout))
         Pixel bytes of a frame, raster order, channels interleaved.
     result : In(stream.Signature(result_layout))
-        One result per pixel byte, in order; ``last`` is not used (the count is).
+        ``results_per_pixel`` results per pixel, in order; ``last`` is not used (the count is).
     width, height : Out(unsigned)
         The WIDTH and HEIGHT registers, or 0 when above ``max_…``.
     inv_ref_var : Out(unsigned(24))
@@ -108,6 +122,18 @@ class HostLink(wiring.Component):
         Pulses for one cycle when CONTROL bit 0 is written with 1.
     uart_errors : In(2)
         Framing error and overrun pulses from the UART receiver (bits 0, 1).
+    frame_start : Out(1)
+        Pulses for one cycle when RUN_FRAME starts a frame (after its size check).
+    reg_addr : Out(8), reg_value : Out(32)
+        Address and value of the last WRITE_REG/READ_REG packet (registers,
+        stable from the packet's payload until the next packet's).
+    reg_readable, reg_writable, reg_value_ok : In(1), reg_rdata : In(32)
+        The design's answer for ``reg_addr``/``reg_value`` (combinational is
+        fine: they are registered before use): the address is a readable or
+        writable design register, the value is allowed, the register's value.
+    reg_write : Out(1)
+        Pulses for one cycle when WRITE_REG of ``reg_value`` to the design's
+        register ``reg_addr`` is executed (``reg_writable`` and ``reg_value_ok``).
 
     Raises
     ------
@@ -116,22 +142,28 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, *, channels=1, max_width=640, max_height=480, min_width=1, min_height=1,
-                 timeout_cycles=600_000, build_info=(3, 1, RESULT_BYTES), pixel_buffer=1024):
-        self._channels = check_int("channel count", channels, minimum=1)
+                 timeout_cycles=600_000, pixel_buffer=1024, results_per_pixel=None, result_bytes=2,
+                 design=Design.DENSITY, kernel_size=3):
+        self._channels = check_int("channel count", channels, minimum=1, maximum=255)
+        if results_per_pixel is None:
+            results_per_pixel = channels
+        self._results_per_pixel = check_int("results per pixel", results_per_pixel, minimum=1, maximum=255)
+        if result_bytes not in (1, 2) or isinstance(result_bytes, bool):
+            raise ValueError(f"result bytes must be 1 or 2, not {result_bytes!r}")
+        self._result_bytes = result_bytes
+        self._design = check_int("design code", int(design) if isinstance(design, Design) else design,
+                                 minimum=0, maximum=255)
+        self._kernel_size = check_int("kernel size", kernel_size, minimum=1, maximum=255)
         self._max_width = check_int("maximum width", max_width, minimum=1)
         self._max_height = check_int("maximum height", max_height, minimum=1)
         self._min_width = check_int("minimum width", min_width, minimum=1, maximum=max_width)
         self._min_height = check_int("minimum height", min_height, minimum=1, maximum=max_height)
         self._timeout_cycles = check_int("timeout", timeout_cycles, minimum=16)
         self._pixel_buffer = check_int("pixel buffer depth", pixel_buffer, minimum=2)
-        if not isinstance(build_info, (tuple, list)) or len(build_info) != 3 or \
-                not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
-                        for b in build_info):
-            raise ValueError(f"build info must be 3 integers in [0, 255], not {build_info!r}")
-        self._build_info = tuple(build_info)
-        if max_width * max_height * channels * RESULT_BYTES >= 2 ** 32:
-            raise ValueError(f"frame of {max_width}×{max_height}×{channels} must have fewer "
-                             f"than 2**32 result bytes")
+        if max_width * max_height * max(channels, results_per_pixel * result_bytes) >= 2 ** 32:
+            raise ValueError(f"frame of {max_width}×{max_height} pixels, {channels} bytes and "
+                             f"{results_per_pixel}×{result_bytes} result bytes each, must have "
+                             f"fewer than 2**32 bytes")
         super().__init__({
             "rx":              In(stream.Signature(unsigned(8))),
             "tx":              Out(stream.Signature(unsigned(8))),
@@ -144,6 +176,14 @@ class HostLink(wiring.Component):
             "pipeline_errors": In(5),
             "clear_errors":    Out(1),
             "uart_errors":     In(2),
+            "frame_start":     Out(1),
+            "reg_addr":        Out(8),
+            "reg_value":       Out(32),
+            "reg_write":       Out(1),
+            "reg_readable":    In(1),
+            "reg_writable":    In(1),
+            "reg_value_ok":    In(1),
+            "reg_rdata":       In(32),
         })
 
     channels       = property(lambda self: self._channels)
@@ -152,7 +192,13 @@ class HostLink(wiring.Component):
     min_width      = property(lambda self: self._min_width)
     min_height     = property(lambda self: self._min_height)
     timeout_cycles = property(lambda self: self._timeout_cycles)
-    build_info     = property(lambda self: self._build_info)
+    results_per_pixel = property(lambda self: self._results_per_pixel)
+    result_bytes   = property(lambda self: self._result_bytes)
+    design         = property(lambda self: self._design)
+    kernel_size    = property(lambda self: self._kernel_size)
+    build_info     = property(lambda self: (self._design, self._kernel_size, self._channels,
+                                            self._results_per_pixel, self._result_bytes),
+                              doc="Bytes 5-9 of the PING reply.")
     pixel_buffer   = property(lambda self: self._pixel_buffer)
 
     def elaborate(self, platform):
@@ -258,6 +304,7 @@ class HostLink(wiring.Component):
 
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
+        max_results = self._max_width * self._max_height * self._results_per_pixel
         frame_pixels = Signal(range(max_pixels + 1))
         last_pixel   = Signal.like(frame_pixels)     # frame_pixels - 1
         before_last  = Signal.like(frame_pixels)     # frame_pixels - 2 (modulo), for final_result
@@ -271,8 +318,9 @@ class HostLink(wiring.Component):
         in_last      = Signal()                       # pixels_in == last_pixel
         out_first    = Signal()                       # pixels_out == 0
         out_last     = Signal()                       # pixels_out == last_pixel
-        results_in   = Signal.like(frame_pixels)     # results taken (or replaced by zeros)
-        final_result = Signal()                       # results_in == last_pixel, kept as a flag
+        results_in   = Signal(range(max_results + 1)) # results taken (or replaced by zeros)
+        before_last_result = Signal.like(results_in)  # results of the frame - 2 (modulo)
+        final_result = Signal()                       # results_in == results - 1, kept as a flag
         filling      = Signal()                       # the rest of the frame is zeros
         aborting     = Signal()                       # the rest of the results are zeros
         timed_out    = Signal()
@@ -329,10 +377,21 @@ class HostLink(wiring.Component):
         writable = {name: Signal(name=f"writes_{name.lower()}") for name in
                     ("WIDTH", "HEIGHT", "INV_REF_VAR", "PAD_MODE", "CONTROL")}
         crc_ok = Signal()
+        # Addresses that are none of the link's own go to the design (`reg_*` ports). Its answer
+        # for the address and value held in `payload` is registered every cycle: the payload is
+        # complete at least a byte time before EXECUTE reads the registered flags.
+        external = Signal()                  # the address is not a link register
+        ext_readable, ext_writable, ext_value_ok = Signal(), Signal(), Signal()
+        ext_rdata = Signal(32)
+        pad_mode_ok = Signal()               # value < 3, registered like the design's answer
+        m.d.comb += [self.reg_addr.eq(address), self.reg_value.eq(value)]
+        m.d.sync += [ext_readable.eq(self.reg_readable), ext_writable.eq(self.reg_writable),
+                     ext_value_ok.eq(self.reg_value_ok), ext_rdata.eq(self.reg_rdata),
+                     pad_mode_ok.eq(value < 3)]
 
         reply_status = Signal(8)
         reply_length = Signal(4)
-        reply_data   = Signal(64)
+        reply_data   = Signal(80)
         reply_index  = Signal(4)
         frame_after  = Signal()      # the reply is RUN_FRAME's header: the frame follows
 
@@ -358,7 +417,7 @@ class HostLink(wiring.Component):
             (Register.FRAMES, frames), (Register.ERRORS, errors_value),
             (Register.IGNORED_BYTES, ignored), (Register.BAD_COMMANDS, bad_commands),
             (Register.PIXEL_CREDIT, self._pixel_buffer))]
-        read_value = 0
+        read_value = Mux(external, ext_rdata, 0)
         for flag, _, source in readable:
             read_value = read_value | Mux(flag, source, 0)
         read_value_q = Signal(32)
@@ -369,11 +428,14 @@ class HostLink(wiring.Component):
         multiplicand = Signal.like(area)
         multiplier = Signal.like(self.height)
         multiplier_zero = Signal()   # multiplier == 0, kept as a flag
-        channel_terms = [area << i for i in range(self._channels.bit_length())
-                         if self._channels >> i & 1]
-        total = sum(channel_terms[1:], channel_terms[0])      # area · channels, without a multiplier
+        def times(value, constant):
+            """``value · constant`` by shifts and adds, without a multiplier."""
+            terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
+            return sum(terms[1:], terms[0])
+        total = times(area, self._channels)                     # pixel bytes of the frame
+        result_total = times(area, self._results_per_pixel)     # results of the frame
 
-        ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self._build_info]),
+        ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self.build_info]),
                                    "little")
         size_ok = Signal()           # registered: the size ports settle long before RUN_FRAME
         m.d.sync += size_ok.eq((self.width >= self._min_width) & (self.height >= self._min_height))
@@ -415,6 +477,8 @@ class HostLink(wiring.Component):
                             with m.If(slot[0]):
                                 m.d.sync += [flag.eq(rx_byte == Register[name])
                                              for name, flag in writable.items()]
+                                m.d.sync += external.eq(~Cat(*(rx_byte == register for register in
+                                                               _LINK_REGISTERS)).any())
                                 m.d.sync += [flag.eq(rx_byte == register)
                                              for flag, register, _ in readable]
                                 m.d.sync += read_ok_q.eq(
@@ -443,7 +507,7 @@ class HostLink(wiring.Component):
                     with m.If(~length_0):
                         reply(Status.BAD_LENGTH)
                     with m.Else():
-                        reply(Status.OK, 8, "ping")
+                        reply(Status.OK, 10, "ping")
                 with m.Elif(is_write):
                     with m.If(~length_5):
                         reply(Status.BAD_LENGTH)
@@ -456,15 +520,23 @@ class HostLink(wiring.Component):
                         with m.Elif(writable["INV_REF_VAR"]):
                             m.d.sync += inv_ref_var.eq(value)
                         with m.Elif(writable["PAD_MODE"]):
-                            m.d.sync += pad_mode.eq(value)
+                            with m.If(pad_mode_ok):
+                                m.d.sync += pad_mode.eq(value)
+                            with m.Else():
+                                reply(Status.BAD_VALUE)
                         with m.Elif(writable["CONTROL"]):
                             m.d.comb += clear.eq(value[0])
+                        with m.Elif(external & ext_writable):
+                            with m.If(ext_value_ok):
+                                m.d.comb += self.reg_write.eq(1)
+                            with m.Else():
+                                reply(Status.BAD_VALUE)
                         with m.Else():
                             reply(Status.BAD_REGISTER)
                 with m.Elif(is_read):
                     with m.If(~length_1):
                         reply(Status.BAD_LENGTH)
-                    with m.Elif(read_ok_q):
+                    with m.Elif(read_ok_q | (external & ext_readable)):
                         reply(Status.OK, 4, "register")
                     with m.Else():
                         reply(Status.BAD_REGISTER)
@@ -496,13 +568,14 @@ class HostLink(wiring.Component):
 
             # The frame's counters start a cycle after the size is known (a shorter path).
             with m.State("FRAME_START"):
-                reply(Status.OK, 4, "frame", frame=True)   # 2 bytes per result
+                reply(Status.OK, 4, "frame", frame=True)
+                m.d.comb += self.frame_start.eq(1)
                 m.d.sync += [
                     in_frame.eq(1),
                     frame_pixels.eq(total), last_pixel.eq(total - 1), before_last.eq(total - 2),
                     pixels_in.eq(0), pixels_out.eq(0), results_in.eq(0),
                     in_last.eq(total == 1), out_first.eq(1), out_last.eq(total == 1),
-                    final_result.eq(total == 1),
+                    before_last_result.eq(result_total - 2), final_result.eq(result_total == 1),
                     writing.eq(1), taking.eq(1), awaiting.eq(1),
                     filling.eq(0), aborting.eq(0), timed_out.eq(0),
                 ]
@@ -514,8 +587,8 @@ class HostLink(wiring.Component):
                         m.d.sync += reply_data.eq(ping_data)
                     with m.Case(2):
                         m.d.sync += reply_data.eq(read_value_q)
-                    with m.Case(3):
-                        m.d.sync += reply_data.eq(Cat(C(0, 1), total))
+                    with m.Case(3):          # result bytes of the frame
+                        m.d.sync += reply_data.eq(Cat(C(0, self._result_bytes - 1), result_total))
                 m.d.comb += emit(REPLY_MAGIC, op=2)
                 with m.If(can_send):
                     m.next = "REPLY_STATUS"
@@ -563,7 +636,7 @@ class HostLink(wiring.Component):
                     with m.If(aborting):
                         m.d.sync += [result_word.eq(0), result_full.eq(1),
                                      results_in.eq(results_in + 1),
-                                     final_result.eq(results_in == before_last)]
+                                     final_result.eq(results_in == before_last_result)]
                         with m.If(final_result):
                             m.d.sync += awaiting.eq(0)
                     with m.Else():
@@ -571,15 +644,18 @@ class HostLink(wiring.Component):
                         with m.If(self.result.valid):
                             m.d.sync += [result_word.eq(self.result.payload.data),
                                          result_full.eq(1), results_in.eq(results_in + 1),
-                                         final_result.eq(results_in == before_last)]
+                                         final_result.eq(results_in == before_last_result)]
                             with m.If(final_result):
                                 m.d.sync += [cycles.eq(cycle_count), counting.eq(0), awaiting.eq(0)]
 
                 with m.If(result_full):
                     m.d.comb += emit(Mux(result_high, result_word[8:16], result_word[0:8]))
                     with m.If(can_send):
-                        m.d.sync += result_high.eq(~result_high)
-                        with m.If(result_high):
+                        if self._result_bytes == 2:
+                            m.d.sync += result_high.eq(~result_high)
+                            with m.If(result_high):
+                                m.d.sync += result_full.eq(0)
+                        else:
                             m.d.sync += result_full.eq(0)
                 with m.Elif(~awaiting):
                     m.d.sync += in_frame.eq(0)

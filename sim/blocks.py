@@ -163,6 +163,27 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="convboard",
+        component="boards.top:ConvBoard",
+        summary="UART pins to UART pins: host link + sparse convolution engine (the conv board top without pins)",
+        parameters={
+            "clk_freq":     (12_000_000, "clock frequency in Hz"),
+            "baud":         (115_200, "UART bit rate"),
+            "kernel_size":  (3, "convolution kernel K (odd)"),
+            "out_channels": (4, "output channels C_out (int8 results per pixel)"),
+            "lanes":        (2, "multiplier lanes (1 … C_out)"),
+            "max_width":    (64, "largest frame width"),
+            "max_height":   (64, "largest frame height"),
+            "watchdog_ms":  (100, "host link watchdog in milliseconds"),
+        },
+        testbench="dynsparse.sim.tb.tb_convboard",
+        test_variants={
+            "sim": {"block": {"clk_freq": 1_000_000, "baud": 250_000, "kernel_size": 3, "out_channels": 4,
+                              "lanes": 2, "max_width": 32, "max_height": 32, "watchdog_ms": 4},
+                    "frame": [16, 16]},
+        },
+    ),
+    Block(
         name="sparseconv",
         component="hdl.sparseconv:SparseConv",
         summary="sparse-tap convolution: MAC lanes walk tap lists, skip pruned and masked padding taps",

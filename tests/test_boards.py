@@ -68,3 +68,45 @@ def test_run_rejects_a_bad_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", str(bad)])
     assert re.search(r"bad\.png: cannot read the image", capsys.readouterr().err)
+
+
+def test_conv_board_parameters():
+    from dynsparse.boards.top import BoardTop, ConvBoard
+    board = ConvBoard(clk_freq=1_000_000, baud=250_000, out_channels=4, lanes=2, max_width=32, max_height=32)
+    assert board.link.build_info == (1, 3, 1, 4, 1)        # conv design, K 3, 1 channel, 4 int8 results
+    assert board.weight_count == 36 and board.mask_band_sizes == (9, 9, 8, 8)
+    with pytest.raises(ValueError, match=r"lane"):
+        ConvBoard(clk_freq=1_000_000, baud=250_000, out_channels=2, lanes=3)
+    with pytest.raises(ValueError, match=r"^design must be one of density, conv, not 'nope'$"):
+        BoardTop(design="nope")
+
+
+def test_bitstream_conv_parameters_need_the_conv_design(capsys):
+    with pytest.raises(SystemExit):
+        main(["bitstream", "--board", "icebreaker", "--lanes", "2"])
+    assert "--lanes is a parameter of --design conv" in capsys.readouterr().err
+
+
+def test_flash_conv_without_bitstream(tmp_path):
+    with pytest.raises(BuildFailed, match=r'run `make bitstream BOARD=ulx3s-25f ARGS="--design conv"` first'):
+        flash_bitstream("ulx3s-25f", design="conv", build_root=tmp_path)
+
+
+def test_run_conv_needs_weights(tmp_path, capsys):
+    import numpy as np
+    image = tmp_path / "image.npy"
+    np.save(image, np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(SystemExit):
+        main(["run", str(image), "--design", "conv", "--port", str(tmp_path / "ttyUSB7")])
+    assert "--design conv needs --weights" in capsys.readouterr().err
+    weights = tmp_path / "w.npy"
+    np.save(weights, np.full((4, 1, 3, 3), 200))
+    with pytest.raises(SystemExit):
+        main(["run", str(image), "--design", "conv", "--weights", str(weights)])
+    assert "weights must be an int array [C_out, C_in, K, K] in [-127, 127]" in capsys.readouterr().err
+    np.save(weights, np.ones((4, 1, 3, 3), np.int8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(image), "--design", "conv", "--weights", str(weights),
+              "--port", str(tmp_path / "ttyUSB7")])
+    assert exit_info.value.code == 2
+    assert "is the board plugged in and flashed?" in capsys.readouterr().err

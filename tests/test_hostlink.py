@@ -22,12 +22,12 @@ from dynsparse.sim.stalls import stall_pattern
 
 
 TIMEOUT = 64
-BUILD_INFO = (3, 2, 2)
+BUILD_INFO = (0, 3, 2, 2, 2)      # density design, K 3, 2 channels, 2 results of 2 bytes per pixel
 
 
 def make_dut(**overrides):
     parameters = dict(channels=2, max_width=8, max_height=6, min_width=2, timeout_cycles=TIMEOUT,
-                      build_info=BUILD_INFO, pixel_buffer=16)
+                      pixel_buffer=16)
     parameters.update(overrides)
     return HostLink(**parameters)
 
@@ -58,6 +58,9 @@ class Bench:
         self.tx_bytes = bytearray()
         self.pixels = []            # (data, first, last) taken by the model
         self.log = {"clear_pulses": 0}
+        # results per pixel byte, and their mask (the model gives 3·b + 1 + r for result r)
+        self.fanout = self.link.results_per_pixel // self.link.channels
+        self.result_mask = (1 << 8 * self.link.result_bytes) - 1
 
     # ---- host-side steps, used inside a testbench ----
     async def send(self, ctx, data, *, command=None):
@@ -103,9 +106,11 @@ class Bench:
         await self.send(ctx, encode_run_frame() + pixels, command=Command.RUN_FRAME)
         await self.wait_items(ctx, count + 2)
         header, result = self.items[count:count + 2]
-        assert header == Reply(Status.OK, struct.pack("<I", frame.size * 2), True)
+        size = frame.size * self.fanout * self.link.result_bytes
+        assert header == Reply(Status.OK, struct.pack("<I", size), True)
         assert isinstance(result, FrameResult)
-        return np.frombuffer(result.data, dtype="<u2").reshape(frame.shape), result
+        dtype = "<u2" if self.link.result_bytes == 2 else np.uint8
+        return np.frombuffer(result.data, dtype=dtype).reshape(height, width, -1), result
 
     # ---- simulation processes ----
     async def tx_sink(self, ctx):
@@ -142,7 +147,9 @@ class Bench:
                 self.pixels.append((data, first, last))
                 if first:
                     self.log["first_pixel"] = cycle
-                queue.append((cycle + self.latency, model_result(data), last))
+                for r in range(self.fanout):
+                    queue.append((cycle + self.latency, (model_result(data) + r) & self.result_mask,
+                                  last and r == self.fanout - 1))
             if offering is not None and r_ready:
                 if offering[2]:
                     self.log["last_result"] = cycle
@@ -178,7 +185,7 @@ def test_ping(rx, tx, pipe):
 
     async def script(ctx, bench):
         reply = await bench.command(ctx, encode_ping())
-        assert reply == Reply(Status.OK, b"DSPS\x01" + bytes(BUILD_INFO), True)
+        assert reply == Reply(Status.OK, b"DSPS\x02" + bytes(BUILD_INFO), True)
 
     bench.run(script)
 
@@ -195,6 +202,7 @@ def test_registers():
         await bench.write(ctx, Register.HEIGHT, 6)
         await bench.write(ctx, Register.INV_REF_VAR, 0xFFABCDEF)
         await bench.write(ctx, Register.PAD_MODE, 2)
+        await bench.write(ctx, Register.PAD_MODE, 3, status=Status.BAD_VALUE)
         assert await bench.read(ctx, Register.WIDTH) == 7
         assert await bench.read(ctx, Register.HEIGHT) == 6
         assert await bench.read(ctx, Register.INV_REF_VAR) == 0xABCDEF
@@ -211,7 +219,7 @@ def test_registers():
         for register in (Register.CONTROL, 0x05, 0xFF):
             reply = await bench.command(ctx, encode_read_register(register))
             assert reply == Reply(Status.BAD_REGISTER, b"", True)
-        assert await bench.read(ctx, Register.BAD_COMMANDS) == 7
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 8
 
     bench.run(script)
 
@@ -304,7 +312,7 @@ def test_run_frame(rx, tx, pipe):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_run_frame_channels(channels):
     frame = np.random.default_rng(channels).integers(0, 256, size=(6, 7, channels), dtype=np.uint8)
-    bench = Bench(make_dut(channels=channels, build_info=(3, channels, 2)), pipe="random", seed=6)
+    bench = Bench(make_dut(channels=channels), pipe="random", seed=6)
 
     async def script(ctx, bench):
         results, trailer = await bench.run_frame(ctx, frame)
@@ -371,6 +379,75 @@ def test_results_stop():
     bench.run(script)
 
 
+def test_run_frame_results_per_pixel():
+    """Three one-byte results per pixel (as the conv design's int8 results), one channel."""
+    frame = np.random.default_rng(12).integers(0, 256, size=(5, 6, 1), dtype=np.uint8)
+    dut = make_dut(channels=1, results_per_pixel=3, result_bytes=1, pixel_buffer=4)
+    bench = Bench(dut, tx="random", pipe="random", seed=13)
+
+    async def script(ctx, bench):
+        assert (await bench.command(ctx, encode_ping())).payload == b"DSPS\x02" + bytes([0, 3, 1, 3, 1])
+        for _ in range(2):
+            results, trailer = await bench.run_frame(ctx, frame)
+            assert trailer.status == Status.OK and trailer.crc_ok
+            expected = (model_result(frame.astype(np.int64)) + np.arange(3)) & 0xFF
+            np.testing.assert_equal(results, expected)
+
+    bench.run(script)
+
+
+class WithRegisters(Elaboratable):
+    """HostLink and a model of a design's registers: 0x20 rw (values < 100), 0x21 ro (0xC0FFEE)."""
+
+    def __init__(self):
+        self.link = make_dut()
+        self.reg20 = Signal(32)
+        self.writes = Signal(8)
+        self.frames = Signal(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = self.link
+        with m.Switch(link.reg_addr):
+            with m.Case(0x20):
+                m.d.comb += [link.reg_readable.eq(1), link.reg_writable.eq(1),
+                             link.reg_value_ok.eq(link.reg_value < 100), link.reg_rdata.eq(self.reg20)]
+            with m.Case(0x21):
+                m.d.comb += [link.reg_readable.eq(1), link.reg_rdata.eq(0xC0FFEE)]
+        with m.If(link.reg_write):
+            m.d.sync += [self.reg20.eq(link.reg_value), self.writes.eq(self.writes + 1)]
+        with m.If(link.frame_start):
+            m.d.sync += self.frames.eq(self.frames + 1)
+        return m
+
+
+def test_design_registers():
+    dut = WithRegisters()
+    bench = Bench(dut, link=dut.link, host_tx=dut.link.rx, host_rx=dut.link.tx, rx="random", tx="fixed", seed=14)
+
+    async def script(ctx, bench):
+        await bench.write(ctx, 0x20, 42)
+        assert await bench.read(ctx, 0x20) == 42
+        assert await bench.read(ctx, 0x21) == 0xC0FFEE
+        await bench.write(ctx, 0x20, 100, status=Status.BAD_VALUE)
+        await bench.write(ctx, 0x21, 1, status=Status.BAD_REGISTER)
+        await bench.write(ctx, 0x22, 1, status=Status.BAD_REGISTER)
+        reply = await bench.command(ctx, encode_read_register(0x22))
+        assert reply == Reply(Status.BAD_REGISTER, b"", True)
+        assert await bench.read(ctx, 0x20) == 42
+        # the link's own registers are not the design's
+        await bench.write(ctx, Register.WIDTH, 3)
+        assert await bench.read(ctx, Register.WIDTH) == 3
+        assert ctx.get(dut.writes) == 1
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 4
+        frame = np.full((2, 3, 2), 5, np.uint8)
+        for number in (1, 2):
+            await bench.run_frame(ctx, frame)
+            assert ctx.get(dut.frames) == number
+
+    bench.run(script)
+
+
 class OverUART(Elaboratable):
     """HostLink behind its UARTs, and the host's UARTs on the other end of the two lines."""
 
@@ -403,7 +480,7 @@ def test_over_uart():
 
     async def script(ctx, bench):
         reply = await bench.command(ctx, encode_ping())
-        assert reply == Reply(Status.OK, b"DSPS\x01" + bytes(BUILD_INFO), True)
+        assert reply == Reply(Status.OK, b"DSPS\x02" + bytes(BUILD_INFO), True)
         results, trailer = await bench.run_frame(ctx, frame)
         assert trailer.status == Status.OK and trailer.crc_ok
         np.testing.assert_equal(results, model_result(frame.astype(np.int64)))
@@ -433,7 +510,7 @@ def test_crc8_logic_matches_host():
 
 
 def test_parameter_errors():
-    with pytest.raises(ValueError, match=r"^channel count must be an integer >= 1, not 0$"):
+    with pytest.raises(ValueError, match=r"^channel count must be an integer in \[1, 255\], not 0$"):
         make_dut(channels=0)
     with pytest.raises(ValueError, match=r"^maximum width must be an integer >= 1, not 0$"):
         make_dut(max_width=0)
@@ -447,17 +524,22 @@ def test_parameter_errors():
         make_dut(timeout_cycles=15)
     with pytest.raises(ValueError, match=r"^pixel buffer depth must be an integer >= 2, not 1$"):
         make_dut(pixel_buffer=1)
-    for build_info in ((1, 2), (1, 2, 256), [1, 2, -1], "abc", (1, 2, True)):
-        with pytest.raises(ValueError, match=r"^build info must be 3 integers in \[0, 255\], "
-                                             r"not .*$"):
-            make_dut(build_info=build_info)
-    with pytest.raises(ValueError, match=r"^frame of 65536×65536×1 must have fewer than 2\*\*32 "
-                                         r"result bytes$"):
+    for value in (0, 3, True):
+        with pytest.raises(ValueError, match=rf"^result bytes must be 1 or 2, not {value!r}$"):
+            make_dut(result_bytes=value)
+    with pytest.raises(ValueError, match=r"^results per pixel must be an integer in \[1, 255\], not 256$"):
+        make_dut(results_per_pixel=256)
+    with pytest.raises(ValueError, match=r"^design code must be an integer in \[0, 255\], not -1$"):
+        make_dut(design=-1)
+    with pytest.raises(TypeError, match=r"^kernel size must be an integer in \[1, 255\], not '3'$"):
+        make_dut(kernel_size="3")
+    with pytest.raises(ValueError, match=r"^frame of 65536×65536 pixels, 1 bytes and 1×2 result bytes each, "
+                                         r"must have fewer than 2\*\*32 bytes$"):
         make_dut(max_width=65536, max_height=65536, channels=1)
 
 
 def test_verilog():
     text = verilog.convert(HostLink(channels=3, max_width=640, max_height=480,
-                                    timeout_cycles=600_000, build_info=(3, 3, 2)),
+                                    timeout_cycles=600_000, results_per_pixel=8, result_bytes=1),
                            name="hostlink")
     assert "module hostlink" in text

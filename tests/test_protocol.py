@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dynsparse.boards.protocol import (
-    COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION, Command, FrameResult,
+    COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION, Command, Design, FrameResult, pad_mask_word,
     HostLink, LinkTimeout, LinkUnavailable, ProtocolError, Register, Reply, ReplyParser,
     SerialTransport, Status, crc8, encode_command, encode_frame_result, encode_ping,
     encode_read_register, encode_reply, encode_run_frame, encode_write_register,
@@ -82,11 +82,18 @@ def test_parser_flags_bad_crc_and_unknown_status():
 class FakeDevice:
     """A Python model of the device behind a transport, checking the host's pixel credit."""
 
-    def __init__(self, *, channels=1, credit=8, status_override=None, silent=False):
+    def __init__(self, *, channels=1, credit=8, status_override=None, silent=False, version=2,
+                 design=Design.DENSITY, results_per_pixel=None, result_bytes=2, kernel_size=3):
         self.channels = channels
         self.credit = credit
+        self.version, self.design, self.kernel_size = version, design, kernel_size
+        self.results_per_pixel = channels if results_per_pixel is None else results_per_pixel
+        self.result_bytes = result_bytes
         self.registers = {Register.ID: DEVICE_ID, Register.WIDTH: 0, Register.HEIGHT: 0,
-                          Register.PIXEL_CREDIT: credit, Register.FRAMES: 0}
+                          Register.PIXEL_CREDIT: credit, Register.FRAMES: 0, Register.WEIGHT_ADDR: 0}
+        self.weights = {}                 # WEIGHT_DATA writes: address -> value
+        self.writes = []                  # every (address, value) written
+        self.pixel = []
         self.status_override = status_override
         self.silent = silent
         self.incoming = bytearray()
@@ -118,10 +125,13 @@ class FakeDevice:
                 self.taken += 1
                 self.max_in_flight = max(self.max_in_flight, self.taken - self.returned)
                 assert self.taken - self.returned <= self.credit, "host exceeded its credit"
-                result = struct.pack("<H", byte * 3 + 1)
-                self.frame_results += result
-                self.outgoing += result
-                self.returned += 1
+                self.pixel.append(byte)
+                if len(self.pixel) == self.channels:
+                    result = self.results(self.pixel)
+                    self.frame_results += result
+                    self.outgoing += result
+                    self.returned += self.channels
+                    self.pixel = []
                 self.frame_left -= 1
                 if not self.frame_left:
                     self.outgoing += bytes([Status.OK, crc8(self.frame_results)])
@@ -134,30 +144,47 @@ class FakeDevice:
             assert packet[0] == COMMAND_MAGIC and packet[-1] == crc8(packet[1:-1])
             self._execute(packet[1], packet[3:-1])
 
+    def results(self, pixel):
+        """Density: ``3·b + 1`` (u16) per pixel byte; conv: ``pixel[0] + 7·r`` (a byte) per result ``r``."""
+        if self.result_bytes == 2:
+            return b"".join(struct.pack("<H", b * 3 + 1) for b in pixel)
+        return bytes((pixel[0] + 7 * r) & 0xFF for r in range(self.results_per_pixel))
+
     def _execute(self, command, payload):
         if self.status_override is not None:
             self.outgoing += encode_reply(self.status_override)
         elif command == Command.PING:
-            self.outgoing += encode_reply(Status.OK, DEVICE_MAGIC +
-                                          bytes([PROTOCOL_VERSION, 3, self.channels, 2]))
+            if self.version == 1:
+                info = bytes([1, self.kernel_size, self.channels, 2])
+            else:
+                info = bytes([PROTOCOL_VERSION, self.design, self.kernel_size, self.channels,
+                              self.results_per_pixel, self.result_bytes])
+            self.outgoing += encode_reply(Status.OK, DEVICE_MAGIC + info)
         elif command == Command.WRITE_REG:
             address, value = struct.unpack("<BI", payload)
-            self.registers[address] = value
+            self.writes.append((address, value))
+            if address == Register.WEIGHT_DATA:
+                self.weights[self.registers[Register.WEIGHT_ADDR]] = value
+                self.registers[Register.WEIGHT_ADDR] += 1
+            else:
+                self.registers[address] = value
             self.outgoing += encode_reply(Status.OK)
         elif command == Command.READ_REG:
             self.outgoing += encode_reply(Status.OK, struct.pack("<I", self.registers[payload[0]]))
         elif command == Command.RUN_FRAME:
-            count = self.registers[Register.WIDTH] * self.registers[Register.HEIGHT] * self.channels
-            self.frame_left = count
+            area = self.registers[Register.WIDTH] * self.registers[Register.HEIGHT]
+            self.frame_left = area * self.channels
             self.frame_results = bytearray()
             self.taken = self.returned = 0
-            self.outgoing += encode_reply(Status.OK, struct.pack("<I", 2 * count))
+            self.outgoing += encode_reply(Status.OK, struct.pack(
+                "<I", area * self.results_per_pixel * self.result_bytes))
 
 
 def test_host_api_registers_and_ping():
     device = FakeDevice()
     link = HostLink(device)
-    assert link.ping() == {"version": 1, "build_info": (3, 1, 2)}
+    assert link.ping() == {"version": 2, "design": Design.DENSITY, "kernel_size": 3, "channels": 1,
+                           "results_per_pixel": 1, "result_bytes": 2, "build_info": (0, 3, 1, 1, 2)}
     link.write_register("width", 17)
     assert link.read_register(Register.WIDTH) == 17
     assert link.read_register("ID") == DEVICE_ID
@@ -217,4 +244,65 @@ def test_host_api_drain_recovers():
     device.outgoing += b"\x00garbage" + encode_reply(Status.OK)
     link.drain()
     assert not device.outgoing
-    assert link.ping()["version"] == 1
+    assert link.ping()["version"] == 2
+
+
+def test_host_api_version_1_device():
+    info = HostLink(FakeDevice(version=1, channels=2)).ping()
+    assert (info["version"], info["design"], info["channels"], info["results_per_pixel"],
+            info["result_bytes"]) == (1, Design.DENSITY, 2, 2, 2)
+
+
+def conv_device(**kwargs):
+    params = dict(design=Design.CONV, results_per_pixel=4, result_bytes=1, kernel_size=3, credit=6)
+    params.update(kwargs)
+    return FakeDevice(**params)
+
+
+def test_host_api_conv_weights_settings_and_frame():
+    device = conv_device()
+    link = HostLink(device)
+    weights = np.random.default_rng(2).integers(-127, 128, size=(4, 1, 3, 3))
+    link.write_weights(weights)
+    assert device.writes[0] == (Register.WEIGHT_ADDR, 0)
+    assert [device.weights[i] for i in range(36)] == [int(w) & 0xFFFFFFFF for w in weights.ravel()]
+    link.configure_conv(prune_threshold=70, multiplier=300, shift=12, dense=True, pad_mode="reflect")
+    assert {a: v for a, v in device.writes[37:]} == {Register.PRUNE_THRESHOLD: 70, Register.REQUANT_MULTIPLIER: 300,
+                                                     Register.REQUANT_SHIFT: 12, Register.DENSE: 1,
+                                                     Register.PAD_MODE: 2}
+    image = np.random.default_rng(3).integers(0, 256, size=(5, 7), dtype=np.uint8)
+    results = link.run_conv(image)
+    assert results.dtype == np.int8 and results.shape == (5, 7, 4)
+    expected = (image[:, :, None].astype(np.int64) + 7 * np.arange(4)) & 0xFF
+    np.testing.assert_equal(results.view(np.uint8), expected)
+    assert 1 <= device.max_in_flight <= 6
+
+
+def test_host_api_padding_mask_writes():
+    device = conv_device()
+    link = HostLink(device)
+    mask = np.zeros(18, np.uint8)           # 16×16, K = 3, B = 4: 5 + 5 + 4 + 4 blocks
+    mask[[0, 6, 17]] = 1
+    link.write_padding_mask(mask, 16, 16)
+    assert device.writes[:2] == [(Register.WIDTH, 16), (Register.HEIGHT, 16)]
+    words = [v for a, v in device.writes[2:]]
+    assert len(words) == 18 and all(a == Register.PAD_MASK for a, _ in device.writes[2:])
+    assert words[0] == pad_mask_word(0, 0, 1) == 1 << 24
+    assert words[6] == pad_mask_word(1, 1, 1) and words[17] == pad_mask_word(3, 3, 1)
+    assert words[1] == pad_mask_word(0, 1, 0) == 1
+    with pytest.raises(ValueError, match=r"^padding mask must be 18 values 0/1 for 16×16, not 17 values$"):
+        link.write_padding_mask(mask[:17], 16, 16)
+
+
+def test_host_api_conv_errors():
+    link = HostLink(conv_device())
+    with pytest.raises(ValueError, match=r"^weights must be integers of shape \(4, 1, 3, 3\), not int64 \(4, 1, 5, 5\)$"):
+        link.write_weights(np.zeros((4, 1, 5, 5), np.int64))
+    with pytest.raises(ValueError, match=r"^weights must be in \[-127, 127\], not \[-128, -128\]$"):
+        link.write_weights(np.full((4, 1, 3, 3), -128))
+    with pytest.raises(ValueError, match=r"^pad mode must be one of zero, replicate, reflect, not 'wrap'$"):
+        link.configure_conv(pad_mode="wrap")
+    with pytest.raises(ProtocolError, match=r"^the device's design is DENSITY, not CONV"):
+        HostLink(FakeDevice()).write_weights(np.zeros((1, 1, 3, 3), np.int64))
+    with pytest.raises(ValueError, match=r"^pad mask write must be band 0-3, index 0-65535, value 0/1, not \(4, 0, 1\)$"):
+        pad_mask_word(4, 0, 1)

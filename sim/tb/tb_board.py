@@ -9,43 +9,22 @@ the golden density model on real images.
 import numpy as np
 
 import cocotb
-from cocotb.task import bridge
 
-from dynsparse.boards.protocol import (Command, HostLink, ProtocolError, ReplyParser, Register, Status,
+from dynsparse.boards.protocol import (Command, Design, ProtocolError, ReplyParser, Register, Status,
                                        encode_command, encode_run_frame)
 from dynsparse.boards.top import DensityBoard
 from dynsparse.golden.density import density_map, inv_ref_var
 from dynsparse.golden.images import real_image
-from dynsparse.sim.tb.streams import TB, params
-from dynsparse.sim.tb.uart import PinTransport, UartPins
+from dynsparse.sim.tb.streams import params
+from dynsparse.sim.tb.uart import collect, in_thread, start_board
 
 
 PARAMS = params()
 BOARD = DensityBoard(**PARAMS["block"])
-CLK_FREQ = PARAMS["block"]["clk_freq"]
 
 
 async def start(dut):
-    tb = TB(dut)
-    pins = UartPins(tb.clock, dut.uart_rx, dut.uart_tx, BOARD.divisor)
-    await tb.reset()
-    transport = PinTransport(pins, CLK_FREQ)
-    return pins, transport, HostLink(transport, timeout=0.05)
-
-
-async def collect(transport, parser, count, *, seconds):
-    """Parse device bytes until ``count`` items arrived or ``seconds`` of simulated time passed."""
-    items = []
-    deadline = int(seconds * CLK_FREQ)
-    while len(items) < count and deadline > 0:
-        items += parser.feed(await transport._read(1 << 16, 0.001))
-        deadline -= int(0.001 * CLK_FREQ)
-    return items
-
-
-def in_thread(function, *args):
-    """Run blocking host code (``HostLink``) in a bridge thread."""
-    return bridge(function)(*args)
+    return await start_board(dut, BOARD)
 
 
 @cocotb.test()
@@ -53,7 +32,7 @@ async def ping_and_registers(dut):
     """PING, register writes and reads, read-only and unknown registers refused."""
     _, _, host = await start(dut)
     info = await in_thread(host.ping)
-    assert info["build_info"] == (BOARD.pipeline.kernel_size, 1, 2), info
+    assert info["build_info"] == (Design.DENSITY, BOARD.pipeline.kernel_size, 1, 1, 2), info
     await in_thread(host.write_register, Register.WIDTH, 12)
     assert await in_thread(host.read_register, Register.WIDTH) == 12
     assert await in_thread(host.read_register, Register.ID) == int.from_bytes(b"DSPS", "little")
@@ -124,4 +103,4 @@ async def malformed_commands_get_error_replies(dut):
         statuses += [item.status for item in await collect(transport, parser, 1, seconds=0.05)]
     assert statuses == [Status.BAD_CRC, Status.UNKNOWN_COMMAND, Status.BAD_LENGTH], statuses
     info = await in_thread(host.ping)
-    assert info["version"] == 1
+    assert info["version"] == 2

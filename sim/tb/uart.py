@@ -10,11 +10,14 @@ thread and each transport call resumes the simulation.
 import collections
 
 import cocotb
-from cocotb.task import resume
+from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
+from ...boards.protocol import HostLink
+from .streams import TB
 
-__all__ = ["UartPins", "PinTransport"]
+
+__all__ = ["UartPins", "PinTransport", "start_board", "in_thread", "collect"]
 
 
 class UartPins:
@@ -77,3 +80,29 @@ class PinTransport:
         while self.pins.received and len(data) < n:
             data.append(self.pins.received.popleft())
         return bytes(data)
+
+
+async def start_board(dut, board, *, timeout=0.05):
+    """Clock, UART pins and reset for a board design (a :class:`~dynsparse.boards.top.LinkBoard`);
+    returns ``(pins, transport, host)``, ``host`` the host API over the pins."""
+    tb = TB(dut)
+    pins = UartPins(tb.clock, dut.uart_rx, dut.uart_tx, board.divisor)
+    await tb.reset()
+    transport = PinTransport(pins, board.clk_freq)
+    return pins, transport, HostLink(transport, timeout=timeout)
+
+
+def in_thread(function, *args, **kwargs):
+    """Run blocking host code (``HostLink``) in a bridge thread."""
+    return bridge(function)(*args, **kwargs)
+
+
+async def collect(transport, parser, count, *, seconds):
+    """Parse device bytes until ``count`` items arrived or ``seconds`` of simulated time passed."""
+    items = []
+    step = max(1, int(0.001 * transport.clk_freq))
+    deadline = int(seconds * transport.clk_freq)
+    while len(items) < count and deadline > 0:
+        items += parser.feed(await transport._read(1 << 16, 0.001))
+        deadline -= step
+    return items
