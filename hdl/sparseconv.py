@@ -313,8 +313,19 @@ class SparseConv(wiring.Component):
             # (a lookup never meets a mask write: the block RAMs' read-during-write result
             # is undefined, no_rw_check; the window waits one cycle and sees the write)
             window.ready.eq((~w0_valid | move) & ~self.mask_write),
-            mask.lookup.eq(window.valid & window.ready),    # its bits arrive the next cycle
+            # The mask is read every cycle at the offered window (nothing in the read path
+            # waits for the engine); the bits of an accepted window arrive the next cycle,
+            # when they are kept in W0 or taken straight into W1.
+            mask.lookup.eq(1),
         ]
+        looked = Signal()                                   # W0 was loaded in the last cycle
+        w0_excluded = Signal(k * k, reset_less=True)
+        excluded = Signal(k * k)
+        m.d.sync += looked.eq(window.valid & window.ready)
+        m.d.comb += excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
+                                    for dy in range(k) for dx in range(k)))
+        with m.If(looked):
+            m.d.sync += w0_excluded.eq(excluded)
         with m.If(window.valid & window.ready):
             m.d.sync += [
                 w0_valid.eq(1),
@@ -334,8 +345,7 @@ class SparseConv(wiring.Component):
                 w1_valid.eq(1),
                 w_pixels.eq(w0_pixels),
                 w_meta.eq(w0_meta),
-                w_excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
-                                  for dy in range(k) for dx in range(k))),
+                w_excluded.eq(Mux(looked, excluded, w0_excluded)),
             ]
         with m.Elif(done):
             m.d.sync += w1_valid.eq(0)
@@ -457,13 +467,18 @@ class SparseConv(wiring.Component):
         delay_tags("e1")
         e1_step = tags["step"]
         # stage 2: multiplier operands (DSP input registers)
-        weights = [register(Mux(e1_active[j], e1_taps[j].weight, 0), f"e2_weight{j}") for j in range(lanes)]
+        # (an idle lane selected no entry: its one-hot select gave weight 0)
+        weights = [register(e1_taps[j].weight, f"e2_weight{j}") for j in range(lanes)]
         # (nested Arrays become multiplexers; a dynamic index into the flat window would
         # become a shifter)
         pixel_array = Array(Array(Array(e1_pixels[dy][dx][ci] for ci in range(self._in_channels))
                                   for dx in range(k)) for dy in range(k))
-        pixel_values = [register(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], f"e2_pixel{j}")
-                        for j in range(lanes)]
+        # (a signed operand register, as wide as the multiplier needs: with an extension
+        # between the register and the product Yosys would not pack the register into the DSP)
+        pixel_values = [register(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci].as_signed()
+                                 if self._pixel_shape.signed else
+                                 Cat(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], C(0, 1)).as_signed(),
+                                 f"e2_pixel{j}") for j in range(lanes)]
         delay_tags("e2")
         # stage 3: the accumulators, cleared at a group's first step: multiply-accumulate
         # with registered operands and a registered sum (one SB_MAC16 per lane on iCE40, its
