@@ -60,7 +60,7 @@ __all__ = [
     "RLE_ESCAPE", "Encoding", "Interpolation", "Criterion", "Selection", "StreamError",
     "StreamFormatError", "Header", "WeightStream", "matrix_shape", "field_width", "index_section",
     "encode_stream", "parse_stream", "parse_header", "stream_size", "analytic_size", "rle_escapes",
-    "ENCODINGS", "size_table", "main",
+    "ENCODINGS", "size_table", "annotate_stream", "main",
 ]
 
 MAGIC = b"DSWT"
@@ -583,6 +583,57 @@ def analytic_size(shape, kept, encoding, interpolation="zero"):
     if encoding == Encoding.RLE:
         return fixed + 4 + kept + _expected_rle_escapes(rows * cols, kept)
     return float(fixed + _expected_index_length(encoding, rows, cols, kept))
+
+
+def annotate_stream(data):
+    """Lines ``offset  hex bytes  meaning`` of a valid stream, field by field (the worked example of the docs)."""
+    stream = parse_stream(data)
+    header = stream.header
+    rows, cols = header.matrix_shape
+    lines = []
+
+    def field(offset, size, text):
+        chunk = data[offset:offset + size]
+        shown = chunk[:64]
+        for start in range(0, max(len(shown), 1), 16):
+            piece = shown[start:start + 16].hex(" ")
+            if start + 16 >= len(shown) and size > len(shown):
+                piece += " …"
+            lines.append(f"{offset + start:5d}  {piece:<50}  {text if start == 0 else ''}".rstrip())
+        return offset + size
+
+    dims = header.shape if len(header.shape) == 4 else (*header.shape, 1, 1)
+    at = field(0, 4, f"magic {MAGIC!r}")
+    at = field(at, 1, f"version {header.version}")
+    at = field(at, 1, f"encoding {int(header.encoding)} ({header.encoding.name.lower()})")
+    at = field(at, 1, f"value width {header.value_bits} bits")
+    at = field(at, 1, f"interpolation {int(header.interpolation)} ({header.interpolation.name.lower()})")
+    at = field(at, 1, f"ndim {len(header.shape)}")
+    at = field(at, 1, f"criterion {int(header.criterion)} ({header.criterion.name.lower()})")
+    at = field(at, 1, f"selection {int(header.selection)} ({header.selection.name.lower()})")
+    at = field(at, 1, "reserved")
+    at = field(at, 8, f"dims {dims} (u16 each)")
+    at = field(at, 4, f"kept {header.kept}")
+    at = field(at, 4, f"parameter {header.parameter} ({header.parameter_value()})")
+    at = field(at, 4, f"payload length {header.payload_length}")
+    if header.interpolation == Interpolation.LEARNED:
+        at = field(at, PREDICTOR_TAPS, f"coefficients {stream.coefficients.tolist()}")
+        at = field(at, 4, f"shift {stream.shift}, 3 reserved bytes")
+    kept = header.kept
+    if header.encoding == Encoding.BITMASK:
+        at = field(at, -(-rows * cols // 8), f"mask, {rows * cols} bits, LSB first")
+    elif header.encoding == Encoding.RLE:
+        count = struct.unpack_from("<I", data, at)[0]
+        at = field(at, 4, f"code count {count}")
+        at = field(at, count, "run codes")
+    else:
+        major, minor = (rows, cols) if header.encoding == Encoding.CSR else (cols, rows)
+        pw, iw = field_width(kept), field_width(minor - 1)
+        at = field(at, (major + 1) * pw, f"{major + 1} pointers, {pw} byte(s) each")
+        at = field(at, kept * iw, f"{kept} indices, {iw} byte(s) each")
+    at = field(at, kept, f"{kept} int8 values")
+    field(at, CRC_SIZE, f"CRC-32 0x{struct.unpack_from('<I', data, at)[0]:08x}")
+    return lines
 
 
 # --- the benchmark table --------------------------------------------------------------------------

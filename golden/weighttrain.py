@@ -328,7 +328,7 @@ METHODS = ("zero", "linear", "learned")
 def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.5, 0.25, 0.1)):
     """Train, export, measure; return the Markdown of docs/weightstream.md's measured section."""
     from .sparsify import interpolate_float, scores
-    from .weightstream import DENSITIES, ENCODINGS, size_table
+    from .weightstream import DENSITIES, ENCODINGS, annotate_stream, encode_stream, size_table
     start = time.perf_counter()
     epochs, fine = (6, 4) if quick else (30, 12)
     x, y, xt, yt = load_digits_split(seed)
@@ -347,6 +347,19 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
             np.save(os.path.join(out, f"{name}_grad.npy"), grads[name])
         lines.append(f"Weights exported to `{out}/<layer>.npy` (int8), mean gradients to `<layer>_grad.npy`.")
     lines.append("")
+    # worked example
+    example_mask = top_k_mask(np.abs(q["conv1"]), _keep(q["conv1"].size, 0.25))
+    for encoding in ("bitmask", "csr"):
+        example = encode_stream(q["conv1"], example_mask, encoding=encoding, interpolation="linear",
+                                criterion="magnitude", selection="sparsity", parameter=750000)
+        lines.append(f"Worked example: `conv1` (8×1×3×3), magnitude, sparsity 0.75, {encoding}, linear "
+                     f"interpolation, {len(example)} bytes:")
+        lines.append("")
+        lines.append("```")
+        lines.append("offset bytes                                               field")
+        lines.extend(annotate_stream(example))
+        lines.append("```")
+        lines.append("")
     # sizes
     table = size_table(q, DENSITIES)
     lines.append("| density | kept | " + " | ".join(ENCODINGS) + " | winner |")
