@@ -453,11 +453,12 @@ def _plot(table, accuracy_rows, path):
     left.set_ylabel("bytes on the wire / dense int8")
     left.set_title("Stream size, trained digits CNN")
     left.legend()
-    for method in METHODS:
+    for colour, method in zip(("C0", "C3", "C2"), METHODS):
         rows = [r for r in accuracy_rows if r[1] == method]
-        right.plot([r[0] for r in rows], [r[2] for r in rows], marker="o", linestyle="--",
-                   label=f"{method}, post-hoc")
-        right.plot([r[0] for r in rows], [r[3] for r in rows], marker="s", label=f"{method}, sparsity-aware")
+        right.plot([r[0] for r in rows], [r[2] for r in rows], marker="o", linestyle="--", color=colour,
+                   label=f"{method}, pruned after training")
+        right.plot([r[0] for r in rows], [r[3] for r in rows], marker="s", color=colour,
+                   label=f"{method}, sparsity-aware")
     right.set_xlabel("density (kept fraction)")
     right.set_ylabel("held-out accuracy")
     right.set_title("Accuracy with reconstructed weights")
