@@ -331,6 +331,8 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
     from .weightstream import DENSITIES, ENCODINGS, annotate_stream, encode_stream, size_table
     start = time.perf_counter()
     epochs, fine = (6, 4) if quick else (30, 12)
+    if quick:
+        densities = densities[1:2]
     x, y, xt, yt = load_digits_split(seed)
     dense = train_dense(seed, epochs=epochs)
     q, scales = quantise(dense)
@@ -376,6 +378,15 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
     lines.append(f"Bytes on the wire for all three layers ({table[0]['dense']} int8 weights = dense bytes), "
                  f"three streams with their headers and CRCs; in brackets the ratio to dense int8. "
                  f"Largest deviation from the analytic size: {100 * worst:.2f} %.")
+    lines.append("")
+    lines.append("| layer | entries | density | " + " | ".join(ENCODINGS) + " | winner |")
+    lines.append("|---|---|---|" + "---|" * len(ENCODINGS) + "---|")
+    for name in LAYERS:
+        for density in (0.1, 0.5):
+            row = size_table({name: q[name]}, (density,))[0]
+            cells = [f"{row[e]} ({row[e] / row['dense']:.3f})" for e in ENCODINGS]
+            winner = min(ENCODINGS, key=lambda e: row[e])
+            lines.append(f"| {name} | {q[name].size} | {density:.2f} | " + " | ".join(cells) + f" | {winner} |")
     lines.append("")
     # reconstruction error
     lines.append("| criterion | density | method | RMS error (LSB), dropped entries | largest error | "

@@ -503,3 +503,23 @@ def test_cli_errors(tmp_path, capsys, trained):
         err = capsys.readouterr().err
         assert err.startswith("dynsparse: error: ") and re.search(message, err), (argv, err)
         assert "Traceback" not in err
+
+
+def test_benchmark_command(tmp_path, capsys):
+    """`python -m dynsparse.golden.weightstream --quick`: tables, exported weights, plot."""
+    from dynsparse.golden.weightstream import main as benchmark_main
+    image = tmp_path / "weightstream.png"
+    assert benchmark_main(["--quick", "--image", str(image), "--out", str(tmp_path / "w")]) == 0
+    text = capsys.readouterr().out
+    assert image.stat().st_size > 10_000
+    for name in LAYERS:
+        q = np.load(tmp_path / "w" / f"{name}.npy")
+        assert q.dtype == np.int8 and np.abs(q.astype(int)).max() == 127
+        assert np.load(tmp_path / "w" / f"{name}_grad.npy").shape == q.shape
+    rows = [line.split(" | ") for line in text.splitlines() if re.match(r"\| 0\.\d\d \| \d+ \| \d+ \(", line)]
+    assert len(rows) == 11
+    for cells in rows:
+        sizes = dict(zip(ENCODINGS, (int(c.split()[0]) for c in cells[2:6])))
+        assert cells[6].rstrip(" |") == min(sizes, key=sizes.get)
+    assert "Largest deviation from the analytic size: 0.00 %" in text
+    assert "| 0.25 | learned |" in text and "CRC-32" in text
