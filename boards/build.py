@@ -72,6 +72,19 @@ def design_dir(board_name, design="density"):
     return board_name if design == "density" else f"{board_name}-{design}"
 
 
+def _design_parameters(design, top_params):
+    """The conv design's parameters in effect (defaults and ``top_params``); none for density."""
+    import inspect
+    from .top import DESIGNS
+    if design == "density":
+        return dict(top_params)
+    defaults = {name: parameter.default for name, parameter in
+                inspect.signature(DESIGNS[design].__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty
+                and name not in ("clk_freq", "baud", "watchdog_ms", "block_size")}
+    return {**defaults, **top_params}
+
+
 def build_bitstream(board_name, *, design="density", build_root=Path("build/boards"), baud=115200, log=print,
                     **top_params):
     """Build ``design``'s board top for ``board_name``; return a summary dict (also written as JSON).
@@ -107,7 +120,8 @@ def build_bitstream(board_name, *, design="density", build_root=Path("build/boar
     target = board.target_mhz
     fmax = min(achieved for achieved, _ in summary["fmax"].values())
     result = {
-        "board": board.name, "design": design, "parameters": top_params, "device": platform.device,
+        "board": board.name, "design": design, "parameters": _design_parameters(design, top_params),
+        "device": platform.device,
         "bitstream": str(build_dir / f"{name}.{board.bitstream_suffix}"),
         "clock_mhz": constraint_mhz, "target_mhz": target, "fmax_mhz": round(fmax, 1),
         "meets_target": fmax >= target,

@@ -212,14 +212,19 @@ def run_report(blocks, *, families=None, build_dir=Path("build/report"), docs=Pa
                reuse=False, boards_dir=Path("build/boards")):
     """Measure ``blocks`` (name -> component factory) on ``families``; write JSON and Markdown.
 
-    Rows of blocks or families not measured in this run are kept from the last
-    run (``build_dir/report.json``). With ``reuse``, the figures of the last run
-    are formatted again without running the tools.
+    Rows of blocks or families not measured in this run are kept from the
+    published figures (``docs/report.json``, or ``build_dir/report.json`` without
+    ``docs``). With ``reuse``, those figures are formatted again without running
+    the tools.
     """
     families = families or list(FAMILIES)
     build_dir = Path(build_dir)
     previous_path = build_dir / "report.json"
-    previous = json.loads(previous_path.read_text()) if previous_path.exists() else []
+    # The published figures (docs/report.json) are the base: the last run's file in build/ may
+    # hold only the blocks a partial run measured.
+    base_path = Path(docs) / "report.json" if docs is not None and (Path(docs) / "report.json").exists() \
+        else previous_path
+    previous = json.loads(base_path.read_text()) if base_path.exists() else []
     if reuse:
         results = previous
     else:
