@@ -146,9 +146,13 @@ class PaddingMask(wiring.Component):
         windows = []                 # per band: the 2·16 bits from the looked-up block on
         for number, (size, name) in enumerate(zip(self._sizes, ("top", "bottom", "left", "right"))):
             words = -(-size // WORD_BITS) + 2            # word 0 below, and one above for the second read
-            # (block RAM even when small: in logic, 2 read ports of 16-bit words cost far more)
+            # Yosys' choice of RAM: block RAM on iCE40 (8 SB_RAM40_4K; it has no LUT RAM), LUT
+            # RAM on ECP5 (TRELLIS_DPR16X4 with the read register in fabric: a DP16KD would put
+            # its 5.6 ns clock-to-output before the lookup logic). no_rw_check: no
+            # read-during-write logic; a lookup in the cycle of a write reads undefined bits
+            # (SparseConv never accepts a window in the cycle of a mask write).
             memory = Memory(shape=WORD_BITS, depth=words, init=[(1 << WORD_BITS) - 1] * words,
-                            attrs={"ram_style": "block", "no_rw_check": 1})
+                            attrs={"no_rw_check": 1})
             m.submodules[f"mask_{name}"] = memory
             unwritten = Signal(words, init=(1 << words) - 1, name=f"unwritten_{name}")
             writer = memory.write_port(granularity=1)
