@@ -226,11 +226,17 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
                   "- *fixed D* / *rotated D*: lanes decoupled through a buffer of D positions (windows and "
                   "tap lists), each lane walking its own channels (*fixed*) or, at position p, the channels "
                   "of lane `(j + p) mod L` (*rotated*).",
-                  "",
-                  "The 0.8 target is reached by a schedule that decouples the lanes across positions and "
-                  "rotates the channels over them, with a buffer of a few tens of positions; the lane-per-"
-                  "channel engine, synchronised per position, stays near 0.55–0.75 at 8 lanes.",
                   ""]
+        kinds = [("engine", None), ("pipeline ≤", "pipeline_at_most"), ("flat", "flat")] + [
+            (f"{kind} {depth}", f"{kind}_{depth}") for depth in depths for kind in ("fixed", "rotated")]
+        for lane in lanes:
+            lowest = []
+            for label, key in kinds:
+                values = [row["lanes"][str(lane)]["fraction_of_rate_bounded_ideal"] if key is None
+                          else row["lanes"][str(lane)]["schedule_models"][key] for row in modelled]
+                lowest.append(f"{label} {min(values):.0%}")
+            lines.append(f"- Lowest over the table at L = {lane}: " + ", ".join(lowest) + ".")
+        lines.append("")
         header = ["image", "threshold", "L", "engine", "pipeline ≤", "flat"]
         header += [f"{kind} {depth}" for depth in depths for kind in ("fixed", "rotated")]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
