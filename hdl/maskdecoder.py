@@ -231,7 +231,9 @@ class MaskDecoder(wiring.Component):
         shift = Signal(8)
         tensor = Signal(tensor_layout(max_entries))
         m.d.comb += self.tensor.eq(tensor)
-        extent = [Signal(range(words + 1), name=f"extent{bank}") for bank in range(2)]   # dirty mask words
+        # mask words of each bank that may hold ones; after a reset the memories may hold anything
+        # (a reset does not clear them), so both banks start dirty and are cleared before use
+        extent = [Signal(range(words + 1), name=f"extent{bank}", init=words) for bank in range(2)]
 
         # --- the byte handshake ---------------------------------------------------------------
         accepting = Signal()
@@ -443,7 +445,7 @@ class MaskDecoder(wiring.Component):
             with m.If(item_bits[bit]):
                 m.d.comb += lowest.eq(bit)
 
-        with m.FSM(init="HEADER"):
+        with m.FSM(init="CLEAR"):
             with m.State("HEADER"):
                 m.d.comb += accepting.eq(1)
                 with m.If(take & (count == 31)):

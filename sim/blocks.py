@@ -228,6 +228,19 @@ BLOCKS = {block.name: block for block in [
                             "frame": [8, 11]},
         },
     ),
+    Block(
+        name="maskdecoder",
+        component="hdl.maskdecoder:MaskDecoder",
+        summary="weight-stream decoder: header, CRC-32, bitmask/RLE/CSR/CSC into a double-buffered tensor, error codes",
+        parameters={
+            "max_entries":    (2048, "largest tensor N (entries per buffer bank)"),
+            "timeout_cycles": (1_000_000, "watchdog: cycles without a byte before a stream is abandoned"),
+        },
+        testbench="dynsparse.sim.tb.tb_maskdecoder",
+        test_variants={
+            "e64": {"block": {"max_entries": 64, "timeout_cycles": 100}, "fuzz": 150},
+        },
+    ),
 ]}
 
 

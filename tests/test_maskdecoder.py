@@ -29,8 +29,8 @@ def decode_streams(dut, streams, *, pattern="none", seed=0, read_back=True, gaps
     results = []
 
     async def bench(ctx):
-        allow = stall_pattern(pattern, seed=seed)
         for number, data in enumerate(streams):
+            allow = stall_pattern(pattern, seed=seed + number)
             start, decided = None, False
             for position, byte in enumerate(data):
                 while not next(allow):
