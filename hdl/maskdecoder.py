@@ -88,6 +88,9 @@ class MaskDecoder(wiring.Component):
         Streams decided good / bad since reset.
     busy : Out(1)
         Inside a stream, deciding it, or clearing.
+    hold : In(1)
+        The consumer is reading the good bank: a good stream waits (input not ready) before
+        it replaces the good bank until ``hold`` is low. Tie to 0 if unused.
     """
 
     def __init__(self, *, max_entries=2048, timeout_cycles=1_000_000):
@@ -104,6 +107,7 @@ class MaskDecoder(wiring.Component):
             "streams_ok": Out(32),
             "streams_bad": Out(32),
             "busy": Out(1),
+            "hold": In(1),
         })
 
     @property
@@ -666,32 +670,35 @@ class MaskDecoder(wiring.Component):
                 stream_end(m)
 
             with m.State("DECIDE"):
-                m.d.sync += [self.done.eq(1), self.error.eq(code)]
-                with m.If(code == StreamError.OK):
-                    m.d.sync += [
-                        self.streams_ok.eq(self.streams_ok + 1),
-                        good.eq(work),
-                        tensor.valid.eq(1),
-                        tensor.encoding.eq(encoding),
-                        tensor.interpolation.eq(interpolation),
-                        tensor.ndim.eq(ndim),
-                        tensor.dims[0].eq(dims[0]), tensor.dims[1].eq(dims[1]),
-                        tensor.dims[2].eq(dims[2]), tensor.dims[3].eq(dims[3]),
-                        tensor.rows.eq(dims[0]),
-                        tensor.cols.eq(cols),
-                        tensor.entries.eq(entries),
-                        tensor.kept.eq(kept),
-                        tensor.coefficients.eq(0),
-                        tensor.shift.eq(0),
-                    ]
-                    with m.If(interpolation == 2):
-                        m.d.sync += [tensor.coefficients.eq(coefficients), tensor.shift.eq(shift)]
+                with m.If((code == StreamError.OK) & self.hold):
+                    pass                             # the consumer still reads the good bank
                 with m.Else():
-                    m.d.sync += self.streams_bad.eq(self.streams_bad + 1)
-                m.d.sync += [count.eq(0), crc.eq(CRC32_INIT), magic_bad.eq(0), version_bad.eq(0),
-                             header_bad.eq(0), length_bad.eq(0), header_ok.eq(0), fault.eq(0),
-                             timed_out.eq(0), clear_word.eq(0)]
-                m.next = "CLEAR"
+                    m.d.sync += [self.done.eq(1), self.error.eq(code)]
+                    with m.If(code == StreamError.OK):
+                        m.d.sync += [
+                            self.streams_ok.eq(self.streams_ok + 1),
+                            good.eq(work),
+                            tensor.valid.eq(1),
+                            tensor.encoding.eq(encoding),
+                            tensor.interpolation.eq(interpolation),
+                            tensor.ndim.eq(ndim),
+                            tensor.dims[0].eq(dims[0]), tensor.dims[1].eq(dims[1]),
+                            tensor.dims[2].eq(dims[2]), tensor.dims[3].eq(dims[3]),
+                            tensor.rows.eq(dims[0]),
+                            tensor.cols.eq(cols),
+                            tensor.entries.eq(entries),
+                            tensor.kept.eq(kept),
+                            tensor.coefficients.eq(0),
+                            tensor.shift.eq(0),
+                        ]
+                        with m.If(interpolation == 2):
+                            m.d.sync += [tensor.coefficients.eq(coefficients), tensor.shift.eq(shift)]
+                    with m.Else():
+                        m.d.sync += self.streams_bad.eq(self.streams_bad + 1)
+                    m.d.sync += [count.eq(0), crc.eq(CRC32_INIT), magic_bad.eq(0), version_bad.eq(0),
+                                 header_bad.eq(0), length_bad.eq(0), header_ok.eq(0), fault.eq(0),
+                                 timed_out.eq(0), clear_word.eq(0)]
+                    m.next = "CLEAR"
 
             with m.State("CLEAR"):
                 # zero the mask words the new work bank may hold, one per cycle

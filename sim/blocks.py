@@ -229,6 +229,15 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="reconstructor",
+        component="hdl.reconstructor:WeightReconstructor",
+        summary="mask decoder + interpolator: compressed weight stream in, every weight (zero/linear/learned) out",
+        parameters={
+            "max_entries":    (2048, "largest tensor N (entries per buffer bank)"),
+            "timeout_cycles": (1_000_000, "watchdog: cycles without a byte before a stream is abandoned"),
+        },
+    ),
+    Block(
         name="maskdecoder",
         component="hdl.maskdecoder:MaskDecoder",
         summary="weight-stream decoder: header, CRC-32, bitmask/RLE/CSR/CSC into a double-buffered tensor, error codes",
@@ -238,7 +247,7 @@ BLOCKS = {block.name: block for block in [
         },
         testbench="dynsparse.sim.tb.tb_maskdecoder",
         test_variants={
-            "e64": {"block": {"max_entries": 64, "timeout_cycles": 100}, "fuzz": 150},
+            "e320": {"block": {"max_entries": 320, "timeout_cycles": 100}, "fuzz": 150},
         },
     ),
 ]}

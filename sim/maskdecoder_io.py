@@ -51,16 +51,24 @@ def tensor_stream(weights, mask, encoding, interpolation, rng):
     return encode_stream(weights, mask, encoding=encoding, interpolation=interpolation, **extra)
 
 
-def random_tensor_stream(rng, max_entries, *, encoding=None, interpolation=None, density=None):
-    """A good stream of a random tensor (2-D or 4-D, ``N <= max_entries``) with a random mask."""
+def random_tensor_stream(rng, max_entries, *, encoding=None, interpolation=None, density=None, small=None):
+    """A good stream of a random tensor (2-D or 4-D, ``N <= max_entries``) with a random mask.
+
+    When ``max_entries >= 300``, 15 % are a single long row (256 … 700 entries) at low density,
+    for RLE escapes; ``small`` caps the other tensors' size (default ``max_entries``)."""
+    small = max_entries if small is None else min(small, max_entries)
     encoding = encoding or ("bitmask", "rle", "csr", "csc")[rng.integers(4)]
     interpolation = interpolation or ("zero", "linear", "learned")[rng.integers(3)]
     for _ in range(100):
-        if rng.random() < 0.5:
+        if max_entries >= 300 and rng.random() < 0.15:
+            # a long row: RLE escapes, and runs that stay inside N after an escape
+            shape = (1, int(rng.integers(256, min(max_entries, 700) + 1)))
+            density = rng.choice([0.005, 0.01, 0.03]) if density is None else density
+        elif rng.random() < 0.5:
             shape = (int(rng.integers(1, 9)), int(rng.integers(1, 4)), *(2 * [int(rng.choice([1, 3, 5]))]))
         else:
             shape = (int(rng.integers(1, 40)), int(rng.integers(1, 70)))
-        if math.prod(shape) <= max_entries:
+        if math.prod(shape) <= (max_entries if shape[0] == 1 and len(shape) == 2 and shape[1] >= 256 else small):
             break
     weights = rng.integers(-127, 128, shape)
     density = rng.choice([0.0, 0.02, 0.1, 0.5, 0.9, 1.0]) if density is None else density
