@@ -247,7 +247,7 @@ BLOCKS = {block.name: block for block in [
         },
         testbench="dynsparse.sim.tb.tb_maskdecoder",
         test_variants={
-            "e320": {"block": {"max_entries": 320, "timeout_cycles": 100}, "fuzz": 150},
+            "e320": {"block": {"max_entries": 320, "timeout_cycles": 100}, "fuzz": 60},
         },
     ),
 ]}

@@ -291,3 +291,18 @@ def test_parameter_errors(kwargs, error, message):
 
 def test_verilog():
     assert "module maskdecoder" in verilog.convert(MaskDecoder(max_entries=64), name="maskdecoder")
+
+
+def test_fuzz_golden_parser_many():
+    """The fuzz's generator through the golden parser alone (60,000 corrupted streams): every
+    one gets a code and only StreamFormatError is ever raised; all 16 codes occur."""
+    rng = np.random.default_rng(2027)
+    tally = Counter()
+    for _ in range(60_000):
+        good = random_tensor_stream(rng, 320, small=64)
+        _, data = corrupt(rng, good)
+        code, parsed = decoder_result(data, 320)
+        assert (parsed is not None) == (code == StreamError.OK)
+        tally[code.name] += 1
+    print(f"60000 corrupted streams through the golden parser: {dict(sorted(tally.items()))}")
+    assert set(tally) == {code.name for code in StreamError}
