@@ -8,7 +8,7 @@ read through another (``so``), with ``load`` choosing between shifting and
 the parallel transfer. All block inputs therefore come from flip-flops and
 all outputs go to flip-flops, so the paths nextpnr times are the block's own;
 the harness adds only flip-flops (two per port bit, listed separately in the
-report) and no logic in the block's paths.
+report, without reset) and no logic in the block's paths.
 """
 
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
@@ -47,8 +47,10 @@ class SerialHarness(Elaboratable):
         in_width = sum(len(v) for v in inputs)
         out_width = sum(len(v) for v in outputs)
 
-        shift_in = Signal(max(1, in_width))
-        held_in = Signal(max(1, in_width))
+        # The harness's flip-flops have no reset: the reset net then reaches only the block's own
+        # flip-flops, and its fan-out into hundreds of harness bits is not a path of the block.
+        shift_in = Signal(max(1, in_width), reset_less=True)
+        held_in = Signal(max(1, in_width), reset_less=True)
         m.d.sync += shift_in.eq(Cat(self.si, shift_in[:-1]))
         with m.If(self.load):
             m.d.sync += held_in.eq(shift_in)
@@ -57,9 +59,9 @@ class SerialHarness(Elaboratable):
 
         # Outputs go straight into flip-flops; the shift register loads from those, so its
         # load/shift multiplexer is not in any of the block's paths.
-        sampled = Signal(max(1, out_width))
+        sampled = Signal(max(1, out_width), reset_less=True)
         m.d.sync += sampled.eq(Cat(*outputs))
-        capture = Signal(max(1, out_width))
+        capture = Signal(max(1, out_width), reset_less=True)
         with m.If(self.load):
             m.d.sync += capture.eq(sampled)
         with m.Else():

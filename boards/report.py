@@ -192,8 +192,10 @@ Written by `make report` (`dynsparse report`); the same figures are in
    every input port is driven from a flip-flop loaded from a serial shift
    register, every output port is captured into a shift register read out
    serially, so the design has three pins and nothing can be optimised away.
-   The harness adds only flip-flops (the *harness FF* column) and no logic in
-   the block's paths, so the critical path nextpnr reports is the block's own.
+   The harness adds only flip-flops (the *harness FF* column; without reset
+   since the host link's rows of 2026-11-24, so the reset net's fan-out into
+   them is no path) and no logic in the block's paths, so the critical path
+   nextpnr reports is the block's own.
    nextpnr (`--up5k --package sg48`, `--25k --package CABGA381`, seed 1) places
    and routes it against the target clock and reports the Fmax.
 3. Targets: 42 MHz on iCE40UP5K, 125 MHz on ECP5-25F. A block that misses

@@ -221,12 +221,6 @@ class HostLink(wiring.Component):
         count_ignored = Signal()
         count_bad     = Signal()
 
-        # The size ports are registered (one cycle after a write): they feed the pipeline's
-        # control logic, and a 32-bit range check in front of it would be the critical path.
-        m.d.sync += [
-            self.width.eq(Mux((width_reg >= 1) & (width_reg <= self._max_width), width_reg, 0)),
-            self.height.eq(Mux((height_reg >= 1) & (height_reg <= self._max_height), height_reg, 0)),
-        ]
         m.d.comb += [
             self.inv_ref_var.eq(inv_ref_var),
             self.pad_mode.eq(pad_mode),
@@ -388,6 +382,17 @@ class HostLink(wiring.Component):
         m.d.sync += [ext_readable.eq(self.reg_readable), ext_writable.eq(self.reg_writable),
                      ext_value_ok.eq(self.reg_value_ok), ext_rdata.eq(self.reg_rdata),
                      pad_mode_ok.eq(value < 3)]
+        # The size ports feed the pipeline's control logic: registered, and the range check of a
+        # written size is made on the packet's value before the write (registered every cycle,
+        # like the flags above) and kept as a flag, so no 32-bit comparison sits in front of them.
+        width_fits, height_fits = Signal(), Signal()           # value in [1, max_…]
+        width_ok, height_ok = Signal(), Signal()               # the same for WIDTH, HEIGHT
+        m.d.sync += [
+            width_fits.eq((value >= 1) & (value <= self._max_width)),
+            height_fits.eq((value >= 1) & (value <= self._max_height)),
+            self.width.eq(Mux(width_ok, width_reg, 0)),
+            self.height.eq(Mux(height_ok, height_reg, 0)),
+        ]
 
         reply_status = Signal(8)
         reply_length = Signal(4)
@@ -514,9 +519,9 @@ class HostLink(wiring.Component):
                     with m.Else():
                         reply(Status.OK)
                         with m.If(writable["WIDTH"]):
-                            m.d.sync += width_reg.eq(value)
+                            m.d.sync += [width_reg.eq(value), width_ok.eq(width_fits)]
                         with m.Elif(writable["HEIGHT"]):
-                            m.d.sync += height_reg.eq(value)
+                            m.d.sync += [height_reg.eq(value), height_ok.eq(height_fits)]
                         with m.Elif(writable["INV_REF_VAR"]):
                             m.d.sync += inv_ref_var.eq(value)
                         with m.Elif(writable["PAD_MODE"]):
