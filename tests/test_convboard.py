@@ -43,3 +43,49 @@ def test_conv_board_parameter_errors():
         ConvBoard(clk_freq=12_000_000, watchdog_ms=0.5)
     with pytest.raises(ValueError, match=r"^baud rate must be at most clock frequency / 4 = 250000, not 500000$"):
         ConvBoard(clk_freq=1_000_000, baud=500_000)
+
+
+def test_cli_run_conv_writes_one_png_per_channel(tmp_path, monkeypatch, capsys):
+    """`dynsparse run --design conv` against a model of the device (tests/test_protocol.py)."""
+    import skimage.io
+    from test_protocol import FakeDevice
+    from dynsparse.boards import protocol
+    from dynsparse.boards.protocol import Register
+    from dynsparse.cli import main
+
+    device = FakeDevice(design=Design.CONV, results_per_pixel=3, result_bytes=1, credit=16)
+    counters = {Register.CONV_CYCLES: 70, Register.PERFORMED: 300, Register.SKIPPED_PRUNED: 100,
+                Register.SKIPPED_ZERO: 20, Register.SKIPPED_PADDING: 12, Register.ENGINE_ERRORS: 0,
+                Register.ERRORS: 0, Register.CYCLES: 900, Register.IGNORED_BYTES: 0, Register.BAD_COMMANDS: 0}
+    device.registers.update(counters)
+    monkeypatch.setattr(protocol, "SerialTransport", lambda port, baud: _Closing(device))
+    image = np.random.default_rng(4).integers(0, 256, size=(6, 9), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    weights = np.random.default_rng(5).integers(-127, 128, size=(3, 1, 3, 3)).astype(np.int8)
+    np.save(tmp_path / "w.npy", weights)
+    assert main(["run", str(tmp_path / "image.npy"), "--design", "conv", "--weights", str(tmp_path / "w.npy"),
+                 "--threshold", "80", "--multiplier", "300", "--shift", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "design conv" in out and "300 of 1458 MACs performed (100 pruned, 20 zero weights, 12 padding)" in out
+    assert [device.weights[i] for i in range(27)] == [int(w) & 0xFFFFFFFF for w in weights.ravel()]
+    assert (Register.PRUNE_THRESHOLD, 80) in device.writes and (Register.REQUANT_SHIFT, 12) in device.writes
+    for co in range(3):
+        png = skimage.io.imread(tmp_path / f"image.conv{co}.png")
+        expected = ((image.astype(np.int64) + 7 * co) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int16) + 128
+        np.testing.assert_equal(png, expected)
+
+
+class _Closing:
+    """A transport with ``close``, around the device model."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def write(self, data):
+        self.device.write(data)
+
+    def read(self, n, timeout):
+        return self.device.read(n, timeout)
+
+    def close(self):
+        pass
