@@ -146,13 +146,13 @@ class PaddingMask(wiring.Component):
         windows = []                 # per band: the 2·16 bits from the looked-up block on
         for number, (size, name) in enumerate(zip(self._sizes, ("top", "bottom", "left", "right"))):
             words = -(-size // WORD_BITS) + 2            # word 0 below, and one above for the second read
-            # Yosys' choice of RAM: block RAM on iCE40 (8 SB_RAM40_4K; it has no LUT RAM), LUT
-            # RAM on ECP5 (TRELLIS_DPR16X4 with the read register in fabric: a DP16KD would put
-            # its 5.6 ns clock-to-output before the lookup logic). no_rw_check: no
-            # read-during-write logic; a lookup in the cycle of a write reads undefined bits
-            # (SparseConv never accepts a window in the cycle of a mask write).
+            # Block RAM even when small: in logic, 2 read ports of 16-bit words cost far more.
+            # (Left to Yosys, ECP5 gets LUT RAM; nextpnr-ecp5 did not finish placing and
+            # routing that design within 28 minutes.) no_rw_check: no read-during-write
+            # logic; a lookup in the cycle of a write reads undefined bits (SparseConv never
+            # accepts a window in the cycle of a mask write).
             memory = Memory(shape=WORD_BITS, depth=words, init=[(1 << WORD_BITS) - 1] * words,
-                            attrs={"no_rw_check": 1})
+                            attrs={"ram_style": "block", "no_rw_check": 1})
             m.submodules[f"mask_{name}"] = memory
             unwritten = Signal(words, init=(1 << words) - 1, name=f"unwritten_{name}")
             writer = memory.write_port(granularity=1)
@@ -167,22 +167,28 @@ class PaddingMask(wiring.Component):
                 m.d.sync += unwritten.bit_select(word, 1).eq(0)
             base = ((column_base if number < 2 else row_base) + WORD_BITS)[:self.index_width + word_shift]
             address = base >> word_shift
-            halves = []
+            halves, stales = [], []
             for half in range(2):
                 reader = memory.read_port(domain="sync")
                 m.d.comb += [reader.addr.eq(address + half), reader.en.eq(self.lookup)]
-                stale = registered(unwritten.bit_select(address + half, 1), f"unwritten_{name}{half}")
-                halves.append(reader.data | stale.replicate(WORD_BITS))
+                stales.append(registered(unwritten.bit_select(address + half, 1), f"unwritten_{name}{half}"))
+                halves.append(reader.data)
             offset = registered(base[:word_shift], f"offset_{name}")
-            windows.append(Cat(*halves).bit_select(offset, self.spread))
+            windows.append((Cat(*halves), stales, offset))
 
         pad = registered(self.pad.as_value(), "pad")
         column_phase = registered(self.x[:shift] if shift else C(0, 1), "column_phase")
         row_phase = registered(y_lifted[:shift] if shift else C(0, 1), "row_phase")
 
-        def pick(candidates, phase, offset):
-            step = (phase + offset) >> shift
-            return candidates.bit_select(step, 1) if len(candidates) > 1 else candidates[0]
+        def pick(band, phase, distance):
+            # One multiplexer from the read data to the bit: its index (and whether the word
+            # is unwritten) come from registers only, while the RAM is read. (Selecting the
+            # band's spread first and the element's bit after doubled the logic behind the
+            # RAM, whose clock-to-output is 5.6 ns on ECP5.)
+            raw, stales, offset = band
+            index = Signal(word_shift + 1, name="mask_index")
+            m.d.comb += index.eq(offset + ((phase + distance) >> shift))
+            return raw.bit_select(index, 1) | Mux(index[word_shift], stales[1], stales[0])
 
         top, bottom, left, right = windows
         for dy in range(k):
