@@ -16,7 +16,8 @@ __all__ = ["byte_layout", "tensor_layout", "MaskDecoder"]
 #: One stream byte; ``last`` marks the final byte of a stream.
 byte_layout = data.StructLayout({"data": unsigned(8), "last": 1})
 
-#: ceil(2**32 / 255): (x * _DIV255) >> 32 == x // 255 for 0 <= x <= 2**24 (error < 1/255).
+#: ceil(2**32 / 255) = 2**24 + 2**16 + 2**8 + 2: (x * _DIV255) >> 32 == x // 255 for
+#: 0 <= x <= 2**24 (the error, x · 254 / (255 · 2**32), stays below 1/255).
 _DIV255 = 0x01010102
 
 
@@ -206,7 +207,9 @@ class MaskDecoder(wiring.Component):
             too_big.eq((cols_full > MAX_ENTRIES) | (entries_full > MAX_ENTRIES)),
             entries.eq(entries_full),
             rle_gap_entries.eq(entries - kept),
-            rle_escape_max.eq((rle_gap_entries * _DIV255) >> 32),
+            # x * 0x01010102 as four shifted copies: no multiplier for a constant
+            rle_escape_max.eq(((rle_gap_entries << 24) + (rle_gap_entries << 16) + (rle_gap_entries << 8)
+                               + (rle_gap_entries << 1)) >> 32),
             pw_shift.eq(_width_shift(kept, 32)),
             csr_iw_shift.eq(_width_shift(cols - 1, 25)),
             csc_iw_shift.eq(_width_shift(dims[0] - 1, 16)),

@@ -306,3 +306,11 @@ def test_fuzz_golden_parser_many():
         tally[code.name] += 1
     print(f"60000 corrupted streams through the golden parser: {dict(sorted(tally.items()))}")
     assert set(tally) == {code.name for code in StreamError}
+
+
+def test_divide_by_255():
+    """The RLE length bound's (N − k) // 255 as a multiply-shift is exact for every N ≤ 2**24."""
+    from dynsparse.hdl.maskdecoder import _DIV255
+    values = np.concatenate([np.arange(0, 1 << 17), np.random.default_rng(1).integers(0, 1 << 24, 1 << 18),
+                             [(1 << 24) - 1, 1 << 24]]).astype(object)
+    assert ((values * _DIV255) >> 32 == values // 255).all()
