@@ -236,6 +236,10 @@ BLOCKS = {block.name: block for block in [
             "max_entries":    (2048, "largest tensor N (entries per buffer bank)"),
             "timeout_cycles": (1_000_000, "watchdog: cycles without a byte before a stream is abandoned"),
         },
+        testbench="dynsparse.sim.tb.tb_reconstructor",
+        test_variants={
+            "e320": {"block": {"max_entries": 320, "timeout_cycles": 100}},
+        },
     ),
     Block(
         name="maskdecoder",
