@@ -1,6 +1,6 @@
 """Interpolator: rebuild the entries a weight stream dropped (zero, linear, learned), bit-exact."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -39,7 +39,7 @@ def tensor_layout(max_entries):
     })
 
 
-def _width_shift(value, wide):
+def _width_shift(value):
     """log2 of the byte width of a field holding 0 … ``value``: 0 (1 byte), 1 (2) or 2 (4)."""
     return Mux(value <= 0xFF, 0, Mux(value <= 0xFFFF, 1, 2))
 
@@ -210,9 +210,9 @@ class MaskDecoder(wiring.Component):
             # x * 0x01010102 as four shifted copies: no multiplier for a constant
             rle_escape_max.eq(((rle_gap_entries << 24) + (rle_gap_entries << 16) + (rle_gap_entries << 8)
                                + (rle_gap_entries << 1)) >> 32),
-            pw_shift.eq(_width_shift(kept, 32)),
-            csr_iw_shift.eq(_width_shift(cols - 1, 25)),
-            csc_iw_shift.eq(_width_shift(dims[0] - 1, 16)),
+            pw_shift.eq(_width_shift(kept)),
+            csr_iw_shift.eq(_width_shift(cols - 1)),
+            csc_iw_shift.eq(_width_shift(dims[0] - 1)),
             predictor_bytes.eq(Mux(interpolation == 2, 12, 0)),
         ]
         fixed = predictor_bytes + kept
