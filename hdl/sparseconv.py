@@ -303,28 +303,14 @@ class SparseConv(wiring.Component):
         w0_pad = Signal(k * k, reset_less=True)             # element (dy, dx) at bit dy·K + dx
         w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
         w0_meta = Signal(meta_layout, reset_less=True)
-        # W1 is two buffers used in turn: W0 moves into the one at `fill` when it is free,
-        # the engine walks the one at `walk`. So neither W0 nor W1 loads on a signal of the
-        # engine: the end of a position (the engine's deepest logic) only frees a buffer.
-        w1_valid = [Signal(name=f"w1_valid{b}") for b in range(2)]
-        w1_pixels = [Signal(pixels_layout, name=f"w1_pixels{b}", reset_less=True) for b in range(2)]
-        w1_excluded = [Signal(k * k, name=f"w1_excluded{b}", reset_less=True) for b in range(2)]
-        w1_meta = [Signal(meta_layout, name=f"w1_meta{b}", reset_less=True) for b in range(2)]
-        fill, walk = Signal(), Signal()
-        w_valid = Signal()
-        w_pixels = Signal(pixels_layout)
-        w_excluded = Signal(k * k)
-        w_meta = Signal(meta_layout)
-        m.d.comb += [
-            w_valid.eq(Mux(walk, w1_valid[1], w1_valid[0])),
-            w_pixels.eq(Mux(walk, w1_pixels[1], w1_pixels[0])),
-            w_excluded.eq(Mux(walk, w1_excluded[1], w1_excluded[0])),
-            w_meta.eq(Mux(walk, w1_meta[1], w1_meta[0])),
-        ]
+        w1_valid = Signal()
+        w_pixels = Signal(pixels_layout, reset_less=True)
+        w_excluded = Signal(k * k, reset_less=True)
+        w_meta = Signal(meta_layout, reset_less=True)
         done = Signal()                                     # the position in the engine ends
         move = Signal()                                     # W0 → W1
         m.d.comb += [
-            move.eq(w0_valid & ~Mux(fill, w1_valid[1], w1_valid[0])),
+            move.eq(w0_valid & (~w1_valid | done)),
             # (a lookup never meets a mask write: the block RAMs' read-during-write result
             # is undefined, no_rw_check; the window waits one cycle and sees the write)
             window.ready.eq((~w0_valid | move) & ~self.mask_write),
@@ -356,19 +342,14 @@ class SparseConv(wiring.Component):
         with m.Elif(move):
             m.d.sync += w0_valid.eq(0)
         with m.If(move):
-            m.d.sync += fill.eq(~fill)
-        with m.If(done):
-            m.d.sync += walk.eq(~walk)
-        for b in range(2):
-            with m.If(move & (fill == b)):
-                m.d.sync += [
-                    w1_valid[b].eq(1),
-                    w1_pixels[b].eq(w0_pixels),
-                    w1_meta[b].eq(w0_meta),
-                    w1_excluded[b].eq(Mux(looked, excluded, w0_excluded)),
-                ]
-            with m.Elif(done & (walk == b)):
-                m.d.sync += w1_valid[b].eq(0)
+            m.d.sync += [
+                w1_valid.eq(1),
+                w_pixels.eq(w0_pixels),
+                w_meta.eq(w0_meta),
+                w_excluded.eq(Mux(looked, excluded, w0_excluded)),
+            ]
+        with m.Elif(done):
+            m.d.sync += w1_valid.eq(0)
 
         # -------- engine: the position being walked ----------------------------------------------
         # The position is the window in W1 and the tap list offered on i_taps, which its
@@ -447,7 +428,7 @@ class SparseConv(wiring.Component):
         # (plain assignments, not under m.If: Icarus may never run a combinational process
         # whose inputs do not change after time 0, which would leave these undefined)
         m.d.comb += [
-            step.eq(advance & w_valid & taps.valid),
+            step.eq(advance & w1_valid & taps.valid),
             first_step.eq(step & ~started),
             done.eq(step & position_end),
             taps.ready.eq(done),
@@ -572,5 +553,5 @@ class SparseConv(wiring.Component):
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
 
-        m.d.comb += self.busy.eq(Cat(w0_valid, *w1_valid, self.o_stream.valid, *in_flight).any())
+        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, self.o_stream.valid, *in_flight).any())
         return m
