@@ -212,7 +212,7 @@ def cmd_bitstream(args):
     if params and args.design != "conv":
         raise CommandError(f"--{next(iter(params)).replace('_', '-')} is a parameter of --design conv")
     try:
-        build_bitstream(args.board, design=args.design, baud=args.baud, **params)
+        build_bitstream(args.board, design=args.design, baud=args.baud, seed=args.seed, **params)
     except (BuildFailed, TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
 
@@ -497,6 +497,7 @@ def build_parser():
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--design", choices=("density", "conv"), default="density",
                    help="density map (default) or the sparse convolution engine")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     for name, text in (("kernel_size", "conv: kernel K (default 3)"),
                        ("out_channels", "conv: output channels C_out (default 4)"),
                        ("lanes", "conv: multiplier lanes (default 2)"),
