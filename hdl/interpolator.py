@@ -152,8 +152,13 @@ class Interpolator(wiring.Component):
         returned_inside = Signal()
 
         sampled = Mux(returned_inside & self.rd_sent, self.rd_data, 0)      # 0 when dropped or off-plane
+        # c·v as shift-and-add over the coefficient's bits (two's complement: the top bit weighs
+        # −128), LUT logic: the block's one product stays out of the DSPs, which the decoder needs
+        coefficient = Signal(signed(8))
+        m.d.comb += coefficient.eq(coefficients[(returned - 1)[:3]])
         term = Signal(signed(17))
-        m.d.comb += term.eq(coefficients[(returned - 1)[:3]] * sampled)
+        partials = [Mux(coefficient[bit], sampled << bit, 0) for bit in range(7)]
+        m.d.comb += term.eq(sum(partials) - Mux(coefficient[7], sampled << 7, 0))
 
         # the linear rule
         horizontal = near_sent[0] + near_sent[1]
