@@ -158,7 +158,12 @@ class MaskDecoder(wiring.Component):
         work = ~good
 
         # --- per-stream state -----------------------------------------------------------------
-        count = Signal(34)                                # bytes received in this stream
+        # The longest stream whose header this decoder accepts: 32 + 12 + (a CSR/CSC index
+        # section of at most 4·(N + 1) + 4·N bytes) + N values + 4, N <= max_entries. Byte
+        # counts saturate above it, so they need only these bits, not the 34 of 32 + 2**32 + 4.
+        stream_bound = 9 * max_entries + 52
+        count_width = stream_bound.bit_length() + 1
+        count = Signal(count_width)                       # bytes received in this stream (saturating)
         crc = Signal(32, init=CRC32_INIT)
         stored_crc = Signal(32)
         magic_bad = Signal()
@@ -181,7 +186,7 @@ class MaskDecoder(wiring.Component):
         dims = [Signal(16, name=f"dim{i}") for i in range(4)]
         kept = Signal(32)
         length = Signal(32)
-        total = Signal(34)                                # 32 + L + 4
+        total = Signal(count_width)                       # 32 + L + 4 (used only when the header is good)
         # derived from the header (registered; settled long before byte 31)
         p23 = Signal(32)
         cols_full = Signal(48)
@@ -251,10 +256,10 @@ class MaskDecoder(wiring.Component):
         m.d.comb += self.busy.eq((count != 0) | ~accepting)
 
         # --- walk state -----------------------------------------------------------------------
-        section_left = Signal(33)                         # bytes left in the current section
+        section_left = Signal(count_width)                # bytes left in the current section
         field = Signal(32)                                # multi-byte field being assembled
         field_byte = Signal(2)
-        index = Signal(33)                                # entry / pointer / code number
+        index = Signal(ew + 1)                            # entry / pointer / mask byte / predictor byte
         list_count = Signal(range(max_entries + 1))       # items written
         item = Signal(range(max_entries + 1))             # items consumed
         item_major = Signal(ew)
@@ -267,7 +272,7 @@ class MaskDecoder(wiring.Component):
         population = Signal(range(max_entries + 1))
         position = Signal(26)                             # RLE: entries walked (saturates at N + 1)
         past_end = Signal()
-        value_codes = Signal(33)
+        value_codes = Signal(count_width)                 # RLE value codes so far (<= C <= L)
         rle_codes = Signal(32)
         prefill = Signal()
         clear_word = Signal(range(words + 1))
@@ -343,7 +348,7 @@ class MaskDecoder(wiring.Component):
         # --- per-byte checks common to every state ----------------------------------------------
         m.d.sync += self.done.eq(0)
         with m.If(take):
-            m.d.sync += count.eq(Mux(count == (1 << 34) - 1, count, count + 1))
+            m.d.sync += count.eq(Mux(count == (1 << count_width) - 1, count, count + 1))
             with m.If(count < 4):
                 magic_byte = Const(int.from_bytes(MAGIC, "little"), 32).word_select(count[:2], 8)
                 m.d.sync += magic_bad.eq(magic_bad | (byte != magic_byte))
@@ -493,6 +498,8 @@ class MaskDecoder(wiring.Component):
 
             with m.State("MASK"):
                 m.d.comb += accepting.eq(1)
+                mask_word_index = Signal(list_width - 8)         # the item's `word` field, zero-extended
+                m.d.comb += mask_word_index.eq(index)
                 popcount = sum(byte[i] for i in range(8))
                 m.d.comb += mask_direct_word.eq(index)
                 with m.If(take):
@@ -500,7 +507,7 @@ class MaskDecoder(wiring.Component):
                     m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1),
                                  population.eq(population + popcount)]
                     with m.If(byte != 0):
-                        m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat(index[:list_width - 8], byte)),
+                        m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat(mask_word_index, byte)),
                                      items_w.en.eq(1)]
                         m.d.sync += list_count.eq(list_count + 1)
                     with m.If(section_left == 1):
