@@ -85,11 +85,11 @@ def _design_parameters(design, top_params):
     return {**defaults, **top_params}
 
 
-def build_bitstream(board_name, *, design="density", build_root=Path("build/boards"), baud=115200, seed=1,
+def build_bitstream(board_name, *, design="density", build_root=Path("build/boards"), baud=115200, seed=None,
                     log=print, **top_params):
     """Build ``design``'s board top for ``board_name``; return a summary dict (also written as JSON).
 
-    ``seed`` is nextpnr's placement seed. ``top_params`` go to the design (:class:`~dynsparse.boards.top.DensityBoard` or
+    ``seed`` is nextpnr's placement seed (``None``: nextpnr's default, which is not seed 1). ``top_params`` go to the design (:class:`~dynsparse.boards.top.DensityBoard` or
     :class:`~dynsparse.boards.top.ConvBoard`); the build is in ``build/boards/<board>[-<design>]``.
     """
     from .top import DESIGNS, BoardTop
@@ -101,7 +101,9 @@ def build_bitstream(board_name, *, design="density", build_root=Path("build/boar
     platform = board.platform_class()()
     name = "dynsparse"
     os.environ.update(toolchain_environment())
-    nextpnr_opts = f"--report report.json --timing-allow-fail --freq {board.target_mhz:g} --seed {seed}"
+    nextpnr_opts = f"--report report.json --timing-allow-fail --freq {board.target_mhz:g}"
+    if seed is not None:
+        nextpnr_opts += f" --seed {seed}"
     log(f"building the {design} design for {board.name} ({platform.device}) in {build_dir} with YoWASP "
         f"tools; this takes a few minutes ...")
     try:

@@ -135,7 +135,7 @@ def _boards_markdown(boards_dir):
         design = summary.get("design", "density")
         if summary.get("parameters"):
             design += " (" + ", ".join(f"{k} {v}" for k, v in sorted(summary["parameters"].items())) + ")"
-        design += f", seed {summary['seed']}" if "seed" in summary else ", nextpnr's default seed"
+        design += f", seed {summary['seed']}" if summary.get("seed") is not None else ", nextpnr's default seed"
         rows.append(f"| {summary['board']} | {design} | {summary['device']} | {utilisation} | "
                     f"{summary['fmax_mhz']} | {summary['clock_mhz']:g} | {summary['target_mhz']:g} | "
                     f"{verdict} | {_path_text(path)} |")
