@@ -76,10 +76,13 @@ class SparseConv(wiring.Component):
     or reading a padding element that ``pad_mode = ZERO`` or a mask bit of 0
     excludes (nothing is excluded in ``dense`` mode). A group ends when all its
     lanes are empty; groups without work cost no cycle, a position without any
-    work costs one. The next position (window registered, tap list held by its
-    source) is taken in the cycle the current one ends: no bubble. Per lane:
-    entry select → pixel select → registered multiplier operands → registered
-    product (``SB_MAC16``/``MULT18X18D``) → accumulator in logic.
+    work costs one. Windows pass two registers: W0 takes a window and reads its
+    padding-mask bits, W1 holds the window being walked with its excluded
+    elements in flip-flops. The next position (window in W0, tap list held by
+    its source) is taken in the cycle the current one ends: no bubble. Per
+    lane: entry select → pixel select → registered multiplier operands →
+    multiply-accumulate into the accumulator register (one ``SB_MAC16`` with
+    its accumulator on iCE40; ``MULT18X18D`` and a fabric adder on ECP5).
 
     Parameters
     ----------
