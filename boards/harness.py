@@ -8,10 +8,12 @@ read through another (``so``), with ``load`` choosing between shifting and
 the parallel transfer. All block inputs therefore come from flip-flops and
 all outputs go to flip-flops, so the paths nextpnr times are the block's own;
 the harness adds only flip-flops (two per port bit, listed separately in the
-report, without reset) and no logic in the block's paths.
+report, without reset) and no logic in the block's paths. The block's reset
+comes from a flip-flop loaded from the ``rst`` pin, as from a board's reset
+synchroniser, so no path starts at a pad.
 """
 
-from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
 
@@ -31,16 +33,27 @@ def port_bits(component):
 
 
 class SerialHarness(Elaboratable):
-    """Wrap ``block`` so that its only top-level ports are ``si``, ``load`` and ``so``."""
+    """Wrap ``block`` so that its only top-level ports are ``si``, ``load``, ``so``, ``clk`` and ``rst``."""
 
     def __init__(self, block):
         self.block = block
         self.si = Signal()
         self.load = Signal()
         self.so = Signal()
+        self.clk = Signal()
+        self.rst = Signal()
+
+    @property
+    def ports(self):
+        return [self.si, self.load, self.so, self.clk, self.rst]
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = sync = ClockDomain()
+        m.domains.pin = pin = ClockDomain(reset_less=True)
+        rst_q = Signal(reset_less=True)
+        m.d.comb += [sync.clk.eq(self.clk), pin.clk.eq(self.clk), sync.rst.eq(rst_q)]
+        m.d.pin += rst_q.eq(self.rst)
         m.submodules.block = block = self.block
         inputs = [Value.cast(value) for _, member, value in block.signature.flatten(block) if member.flow == wiring.In]
         outputs = [Value.cast(value) for _, member, value in block.signature.flatten(block) if member.flow == wiring.Out]

@@ -70,7 +70,7 @@ def measure_block(name, component_factory, family, build_dir, *, log=print):
     (build_dir / "block.v").write_text(verilog.convert(block, name="block", emit_src=False))
     harness = SerialHarness(component_factory())
     (build_dir / "harness.v").write_text(verilog.convert(
-        harness, name="harness", ports=[harness.si, harness.load, harness.so], emit_src=False))
+        harness, name="harness", ports=harness.ports, emit_src=False))
     result = {"block": name, "family": family, "target_mhz": spec["target_mhz"],
               "harness_ff": 2 * inputs + 2 * outputs, "port_bits": [inputs, outputs]}
     try:
@@ -193,10 +193,11 @@ Written by `make report` (`dynsparse report`); the same figures are in
    every input port is driven from a flip-flop loaded from a serial shift
    register, every output port is captured into a shift register read out
    serially, so the design has three pins and nothing can be optimised away.
-   The harness adds only flip-flops (the *harness FF* column; without reset
-   since the host link's rows of 2026-11-24, so the reset net's fan-out into
-   them is no path) and no logic in the block's paths, so the critical path
-   nextpnr reports is the block's own.
+   The harness adds only flip-flops (the *harness FF* column) and no logic in
+   the block's paths, so the critical path nextpnr reports is the block's own.
+   Since the host link's rows of 2026-11-24 the harness's flip-flops have no
+   reset, and the block's reset comes from a flip-flop loaded from the `rst`
+   pin (as from a board's reset synchroniser), so no path starts at a pad.
    nextpnr (`--up5k --package sg48`, `--25k --package CABGA381`, seed 1) places
    and routes it against the target clock and reports the Fmax.
 3. Targets: 42 MHz on iCE40UP5K, 125 MHz on ECP5-25F. A block that misses
