@@ -110,3 +110,36 @@ def test_run_conv_needs_weights(tmp_path, capsys):
               "--port", str(tmp_path / "ttyUSB7")])
     assert exit_info.value.code == 2
     assert "is the board plugged in and flashed?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("board,design,seed,expected", [
+    ("icebreaker", "density", None, "--seed 2"),      # the seed that meets 42 MHz (docs/boards.md)
+    ("icebreaker", "density", 5, "--seed 5"),
+    ("icebreaker", "conv", None, None),
+    ("ulx3s-25f", "density", None, None),
+])
+def test_bitstream_placement_seed(board, design, seed, expected, tmp_path, monkeypatch):
+    from dynsparse.boards import build
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    class Platform:
+        device = "fake"
+
+        def build(self, top, **kwargs):
+            seen.update(kwargs)
+            raise Stop()
+
+    monkeypatch.setattr(build.Board, "platform_class", lambda self: Platform)
+    params = {"out_channels": 2, "lanes": 1, "max_width": 16, "max_height": 16} if design == "conv" else {}
+    with pytest.raises(BuildFailed):
+        build.build_bitstream(board, design=design, build_root=tmp_path, seed=seed, log=lambda *_: None,
+                              **params)
+    options = seen["nextpnr_opts"]
+    if expected is None:
+        assert "--seed" not in options
+    else:
+        assert re.search(rf"{expected}\b", options)
