@@ -198,8 +198,12 @@ def cmd_bench(args):
     for value in tiles:
         if value < 1 or value & (value - 1) or value > 64:
             raise CommandError(f"tile size must be a power of two in [1, 64], not {value}")
-    run_bench(images=images, thresholds=thresholds, lanes=lanes, tile_sizes=tiles,
-              docs=None if args.no_docs else Path("docs"))
+    if args.suite in ("all", "conv"):
+        run_bench(images=images, thresholds=thresholds, lanes=lanes, tile_sizes=tiles,
+                  docs=None if args.no_docs else Path("docs"))
+    if args.suite in ("all", "weights"):
+        from dynsparse.sim.bench import run_weight_bench
+        run_weight_bench(docs=None if args.no_docs else Path("docs"))
     return 0
 
 
@@ -483,7 +487,11 @@ def build_parser():
     p.add_argument("--out", default="docs/images", help="output folder (default: docs/images)")
     p.set_defaults(handler=cmd_demo)
 
-    p = sub.add_parser("bench", help="sparse against dense convolution on real images (docs/bench.md)")
+    p = sub.add_parser("bench", help="sparse against dense convolution on real images (docs/bench.md), "
+                                     "weight streams on a trained model (docs/weightstream.md)")
+    p.add_argument("--suite", choices=("all", "conv", "weights"), default="all",
+                   help="conv: the sparse convolution benchmark; weights: stream sizes, reconstruction "
+                        "and accuracy on the trained digits model; all (default): both")
     p.add_argument("--image", action="append", help="image name (repeatable; default: camera, text, page, "
                                                     "hubble_deep_field)")
     p.add_argument("--threshold", action="append", type=int, help="prune threshold, UQ1.8 (repeatable)")

@@ -325,8 +325,15 @@ METHODS = ("zero", "linear", "learned")
 
 
 @_single_thread
-def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.5, 0.25, 0.1)):
-    """Train, export, measure; return the Markdown of docs/weightstream.md's measured section."""
+def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.5, 0.25, 0.1), record=None,
+                     examples=True):
+    """Train, export, measure; return the Markdown of docs/weightstream.md's measured section.
+
+    ``record``, a dict, receives the figures as data: ``sizes`` (rows of :func:`size_table`),
+    ``accuracy`` (density, method, post-hoc and sparsity-aware held-out accuracy) and the
+    dense model's ``float_accuracy`` / ``int8_accuracy``. ``examples``: include the annotated
+    worked-example streams (docs/weightstream.md shows them in their own section).
+    """
     from .sparsify import interpolate_float, scores
     from .weightstream import DENSITIES, ENCODINGS, annotate_stream, encode_stream, size_table
     start = time.perf_counter()
@@ -339,6 +346,8 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
     lines = []
     dense_acc = accuracy(dense, xt, yt)
     int8_acc = accuracy(dense, xt, yt, dequantise(q, scales))
+    if record is not None:
+        record.update({"seed": seed, "epochs": epochs, "float_accuracy": dense_acc, "int8_accuracy": int8_acc})
     lines.append(f"Model: digits, {len(y)} training / {len(yt)} held-out images, seed {seed}, "
                  f"{epochs} epochs. Held-out accuracy: float {dense_acc:.4f}, int8 {int8_acc:.4f}.")
     if out:
@@ -351,7 +360,7 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
     lines.append("")
     # worked example
     example_mask = top_k_mask(np.abs(q["conv1"]), _keep(q["conv1"].size, 0.25))
-    for encoding in ("bitmask", "csr"):
+    for encoding in ("bitmask", "csr") if examples else ():
         example = encode_stream(q["conv1"], example_mask, encoding=encoding, interpolation="linear",
                                 criterion="magnitude", selection="sparsity", parameter=750000)
         lines.append(f"Worked example: `conv1` (8×1×3×3), magnitude, sparsity 0.75, {encoding}, linear "
@@ -364,6 +373,8 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
         lines.append("")
     # sizes
     table = size_table(q, DENSITIES)
+    if record is not None:
+        record["sizes"] = table
     lines.append("| density | kept | " + " | ".join(ENCODINGS) + " | winner |")
     lines.append("|---|---|" + "---|" * len(ENCODINGS) + "---|")
     worst = 0.0
@@ -432,6 +443,9 @@ def benchmark_report(*, seed=0, image=None, out=None, quick=False, densities=(0.
             accuracy_rows.append((density, method, post, aware))
             lines.append(f"| {density:.2f} | {method} | {post:.4f} | {aware:.4f} |")
     lines.append("")
+    if record is not None:
+        record["accuracy"] = [{"density": d, "method": m, "post_hoc": p, "sparsity_aware": a}
+                              for d, m, p, a in accuracy_rows]
     # criteria
     lines.append("| density | criterion | post-hoc accuracy, zero interpolation |")
     lines.append("|---|---|---|")

@@ -29,7 +29,12 @@ from ..golden.sparseconv import (
 from .schedule import decoupled_cycles, flat_cycles, walker_cycles
 
 
-__all__ = ["BENCH_IMAGES", "FILTER_BANK", "SCHEDULE_DEPTHS", "filter_bank", "bench_image", "run_bench"]
+__all__ = ["BENCH_IMAGES", "FILTER_BANK", "SCHEDULE_DEPTHS", "filter_bank", "bench_image", "run_bench",
+           "run_weight_bench", "WEIGHT_BENCH_BEGIN", "WEIGHT_BENCH_END"]
+
+#: Markers around the generated part of docs/weightstream.md's *Measured* section.
+WEIGHT_BENCH_BEGIN = "<!-- dynsparse bench --suite weights: begin -->"
+WEIGHT_BENCH_END = "<!-- dynsparse bench --suite weights: end -->"
 
 #: Buffer depths (positions) of the decoupled-lane schedule model (:mod:`dynsparse.sim.schedule`).
 SCHEDULE_DEPTHS = (16, 64)
@@ -307,3 +312,31 @@ def run_bench(*, images=BENCH_IMAGES, thresholds=(0, 32, 64, 128), lanes=(8, 2),
         _skip_figure(frames, skip_maps, thresholds[len(thresholds) // 2], docs / "images" / "skipmap.png")
         log(f"wrote {out / 'bench.json'}, {docs / 'bench.md'}, {docs / 'images' / 'skipmap.png'}")
     return rows
+
+
+def run_weight_bench(*, seed=0, out=Path("build/bench"), docs=Path("docs"), log=print, quick=False):
+    """Seed 002's benchmark: train the digits model, then stream sizes per encoding and density,
+    reconstruction error and accuracy per interpolation method (:func:`dynsparse.golden.weighttrain.
+    benchmark_report`). Writes ``build/bench/weightstream.json`` and, with ``docs``, the generated part
+    of ``docs/weightstream.md`` (between its markers) and ``docs/images/weightstream.png``."""
+    from ..golden.weighttrain import benchmark_report
+    if docs is not None:
+        text = (docs / "weightstream.md").read_text()
+        if WEIGHT_BENCH_BEGIN not in text or WEIGHT_BENCH_END not in text:
+            raise ValueError(f"{docs / 'weightstream.md'} has no {WEIGHT_BENCH_BEGIN!r} … "
+                             f"{WEIGHT_BENCH_END!r} section to update")
+    log(f"weight streams: training the digits model (seed {seed}) and measuring; about a minute ...")
+    record = {}
+    markdown = benchmark_report(seed=seed, image=str(docs / "images" / "weightstream.png") if docs else None,
+                                out=str(out / "weights"), quick=quick, record=record, examples=False)
+    out.mkdir(parents=True, exist_ok=True)
+    record["markdown"] = markdown
+    (out / "weightstream.json").write_text(json.dumps(record, indent=1))
+    log(f"wrote {out / 'weightstream.json'}")
+    if docs is not None:
+        path = docs / "weightstream.md"
+        head, rest = text.split(WEIGHT_BENCH_BEGIN, 1)
+        _, tail = rest.split(WEIGHT_BENCH_END, 1)
+        path.write_text(f"{head}{WEIGHT_BENCH_BEGIN}\n{markdown}\n{WEIGHT_BENCH_END}{tail}")
+        log(f"wrote {path}, {docs / 'images' / 'weightstream.png'}")
+    return record

@@ -41,3 +41,34 @@ def test_bench_cli_errors(args, message, capsys):
         main(["bench", *args])
     assert exit_info.value.code == 2
     assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_weight_bench_writes_json_and_the_docs_section(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+    from dynsparse.sim.bench import WEIGHT_BENCH_BEGIN, WEIGHT_BENCH_END, run_weight_bench
+    docs = tmp_path / "docs"
+    (docs / "images").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent.parent / "docs" / "weightstream.md", docs / "weightstream.md")
+    before = (docs / "weightstream.md").read_text()
+    record = run_weight_bench(out=tmp_path / "bench", docs=docs, log=lambda *_: None, quick=True)
+    data = json.loads((tmp_path / "bench" / "weightstream.json").read_text())
+    assert data["sizes"] == record["sizes"] and len(data["sizes"]) == 11
+    for row in data["sizes"]:
+        for encoding in ("bitmask", "rle", "csr", "csc"):
+            assert abs(row[encoding] / row[encoding + "_analytic"] - 1) <= 0.05
+    assert {row["method"] for row in data["accuracy"]} == {"zero", "linear", "learned"}
+    after = (docs / "weightstream.md").read_text()
+    # only the generated part changed; the text around it is kept
+    assert before.split(WEIGHT_BENCH_BEGIN)[0] == after.split(WEIGHT_BENCH_BEGIN)[0]
+    assert before.split(WEIGHT_BENCH_END)[1] == after.split(WEIGHT_BENCH_END)[1]
+    assert record["markdown"] in after and (docs / "images" / "weightstream.png").exists()
+
+
+def test_weight_bench_needs_the_markers(tmp_path):
+    from dynsparse.sim.bench import run_weight_bench
+    (tmp_path / "docs" / "images").mkdir(parents=True)
+    (tmp_path / "docs" / "weightstream.md").write_text("# no markers\n")
+    with pytest.raises(ValueError, match="has no .* section to update"):
+        run_weight_bench(out=tmp_path / "bench", docs=tmp_path / "docs", log=lambda *_: None, quick=True)
