@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
-from .frame import check_int, pixel_layout
+from .frame import check_int, pixel_layout, size_gate
 from .pipeline import DensityPipeline
 from .scaler import KernelScaler, ScalerErrors, tap_densities_from_window
 from .skid import StreamFIFO
@@ -261,34 +261,10 @@ class SparseConvPipeline(wiring.Component):
         if self._tile_size > 1:
             shift = self._tile_size.bit_length() - 1
             size_ok &= (self.width[:shift] == 0) & (self.height[:shift] == 0)
-        i_payload = self.i_stream.payload
-        draining = Signal()
-        drain_took = Signal()
-        raise_bad_size = Signal()
-        bad_size = Signal()
-        with m.If(self.clear_errors):
-            m.d.sync += bad_size.eq(raise_bad_size)
-        with m.Else():
-            m.d.sync += bad_size.eq(bad_size | raise_bad_size)
-        m.d.comb += fork.i_stream.payload.eq(i_payload)
-        with m.If(draining):
-            # discard up to `last`, or up to the next `first` after at least one pixel
-            with m.If(self.i_stream.valid):
-                with m.If(i_payload.first & drain_took):
-                    m.d.sync += draining.eq(0)
-                with m.Else():
-                    m.d.comb += self.i_stream.ready.eq(1)
-                    m.d.sync += drain_took.eq(1)
-                    with m.If(i_payload.last):
-                        m.d.sync += draining.eq(0)
-        with m.Elif(self.i_stream.valid & i_payload.first & ~size_ok):
-            m.d.comb += raise_bad_size.eq(1)
-            m.d.sync += [draining.eq(1), drain_took.eq(0)]
-        with m.Else():
-            m.d.comb += [
-                fork.i_stream.valid.eq(self.i_stream.valid),
-                self.i_stream.ready.eq(fork.i_stream.ready),
-            ]
+        m.d.comb += fork.i_stream.payload.eq(self.i_stream.payload)
+        bad_size, draining = size_gate(m, self.i_stream, fork.i_stream,
+                                       frame_start=self.i_stream.valid & self.i_stream.payload.first,
+                                       size_ok=size_ok, clear_errors=self.clear_errors)
 
         # density branch
         connect(m, fork.o_a, density.i_stream)

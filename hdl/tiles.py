@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .frame import check_int, coord_width, pixel_layout
+from .frame import check_int, coord_width, pixel_layout, size_gate
 from .taps import tap_density_layout
 from .window import PadMode, WindowErrors, WindowGenerator
 
@@ -191,18 +191,6 @@ class TileAverager(wiring.Component):
         tiles_max = self._max_width // t            # entries of one bank
         m.submodules.window = window = self._window
 
-        # Only bad_size is raised here; the marker errors are the window generator's.
-        bad_size = Signal()
-        raise_bad_size = Signal()
-        m.d.comb += [
-            self.errors.eq(window.errors),
-            self.errors.bad_size.eq(window.errors.bad_size | bad_size),
-        ]
-        with m.If(self.clear_errors):
-            m.d.sync += bad_size.eq(raise_bad_size)
-        with m.Else():
-            m.d.sync += bad_size.eq(bad_size | raise_bad_size)
-
         # -------- front: frames of a bad size never reach the window generator --------------------
         # The window generator's own size check is looser than this one, so it never drains: it is
         # idle (not busy) exactly when it would take a `first` pixel as a new frame.
@@ -212,8 +200,6 @@ class TileAverager(wiring.Component):
                    (self.height[:shift] == 0))
         i_payload = self.i_stream.payload
         frame_start = ~window.busy & self.i_stream.valid & i_payload.first
-        draining = Signal()
-        drain_took = Signal()
         m.d.comb += [
             window.width.eq(self.width),
             window.height.eq(self.height),
@@ -221,23 +207,13 @@ class TileAverager(wiring.Component):
             window.clear_errors.eq(self.clear_errors),
             window.i_stream.payload.eq(i_payload),
         ]
-        with m.If(draining):
-            with m.If(self.i_stream.valid):
-                with m.If(i_payload.first & drain_took):
-                    m.d.sync += draining.eq(0)
-                with m.Else():
-                    m.d.comb += self.i_stream.ready.eq(1)
-                    m.d.sync += drain_took.eq(1)
-                    with m.If(i_payload.last):
-                        m.d.sync += draining.eq(0)
-        with m.Elif(frame_start & ~size_ok):
-            m.d.comb += raise_bad_size.eq(1)
-            m.d.sync += [draining.eq(1), drain_took.eq(0)]
-        with m.Else():
-            m.d.comb += [
-                window.i_stream.valid.eq(self.i_stream.valid),
-                self.i_stream.ready.eq(window.i_stream.ready),
-            ]
+        bad_size, draining = size_gate(m, self.i_stream, window.i_stream, frame_start=frame_start,
+                                       size_ok=size_ok, clear_errors=self.clear_errors)
+        # Only bad_size is raised here; the marker errors are the window generator's.
+        m.d.comb += [
+            self.errors.eq(window.errors),
+            self.errors.bad_size.eq(window.errors.bad_size | bad_size),
+        ]
 
         # Frame geometry in tiles, for the windows: `next_*` is loaded when the window generator
         # takes a frame, `frame_*` when that frame's first window is taken (the previous frame's
