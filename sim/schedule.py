@@ -19,7 +19,17 @@ before it is built:
   channel's work in turn, so a channel with more taps does not bound one lane);
 - :func:`walker_cycles`: the kernel scaler's walk, ``max(1, unpruned taps)``
   per position, which bounds a pipeline that feeds the engine from the scaler
-  at tile size 1.
+  at tile size 1;
+- :func:`flat_empty_free_cycles`: *flat, empty positions free*: a position's
+  MACs spread over all lanes (``ceil(Σ active / L)`` cycles), a position with
+  no active MAC passes in its admission cycle without a lane cycle, and up to
+  ``waiting`` non-empty positions wait, admitted, while one walks;
+- :func:`fluid_cycles`: the *fluid bound*: every MAC spread over all lanes
+  with no granularity at all (a position takes ``Σ active / L`` cycles of the
+  whole lane set, fractions allowed) behind a buffer of ``depth`` positions.
+  No schedule that admits at most one position a cycle, in order, into a
+  buffer of ``depth`` positions and performs at most ``L`` MACs a cycle takes
+  fewer cycles (see the function).
 
 These are models, not hardware: :mod:`dynsparse.sim.bench` reports them in a
 section of their own, apart from the engine's measured cycles.
@@ -28,7 +38,7 @@ section of their own, apart from the engine's measured cycles.
 import numpy as np
 
 
-__all__ = ["flat_cycles", "decoupled_cycles", "walker_cycles"]
+__all__ = ["flat_cycles", "flat_empty_free_cycles", "decoupled_cycles", "fluid_cycles", "walker_cycles"]
 
 
 def _active(active, lanes):
@@ -64,6 +74,93 @@ def _lane_work(active, lanes, rotate):
     return padded.reshape(positions, groups, lanes).sum(axis=1)
 
 
+def _check_count(name, value, low):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, not {value}")
+    return value
+
+
+def flat_empty_free_cycles(active, *, lanes, waiting):
+    """Cycles of the *flat, empty positions free* schedule.
+
+    Position ``p`` carries ``c_p = ceil(Σ_co active[p, co] / lanes)`` cycles of
+    work (its MACs spread evenly over the lanes). Positions are admitted in
+    order, at most one a cycle: ``a_0 = 0``, ``a_p ≥ a_{p-1} + 1``. A position
+    with ``c_p = 0`` only takes its admission cycle (no lane cycle, no slot).
+    The non-empty positions, numbered ``n = 0, 1, …`` in order, walk one at a
+    time: ``s_n = max(e_{n-1}, a_{p(n)})``, ``e_n = s_n + c_{p(n)}``; at most
+    ``waiting`` of them wait, admitted, while one walks, so
+    ``a_{p(n)} = max(a_{p(n)-1} + 1, e_{n-waiting-1})`` (the second term only
+    for ``n > waiting``). The result is ``max(e_last, a_{P-1} + 1)``.
+
+    ``waiting = 0`` still lets empty positions pass a walking one; with no
+    empty position and ``waiting = 0`` this is :func:`flat_cycles`, which it
+    never exceeds.
+    """
+    waiting = _check_count("waiting positions", waiting, 0)
+    active = _active(active, lanes)
+    work = -(-active.sum(axis=-1) // lanes)
+    positions = len(work)
+    if positions == 0:
+        return 0
+    busy = np.flatnonzero(work)
+    ends = []
+    end = 0
+    admit, last = -1, -1                      # admission cycle of position `last`
+    for n, (p, cycles) in enumerate(zip(busy.tolist(), work[busy].tolist())):
+        admit += p - last
+        last = p
+        if n > waiting and ends[n - waiting - 1] > admit:
+            admit = ends[n - waiting - 1]
+        end = (end if end > admit else admit) + cycles
+        ends.append(end)
+    admit += positions - 1 - last
+    return max(end, admit + 1)
+
+
+def fluid_cycles(active, *, lanes, depth):
+    """The fluid bound: cycles of a schedule with no granularity behind a ``depth``-position buffer.
+
+    With ``w_p = Σ_co active[p, co]``: position ``p`` is admitted at
+    ``a_p = max(a_{p-1} + 1, r_{p-depth})`` (``a_0 = 0``; the second term only
+    for ``p ≥ depth``: a slot frees when the position ``depth`` places earlier
+    retires); the lane set, working on the oldest admitted work first, finishes
+    it at ``f_p = max(f_{p-1}, a_p) + w_p / lanes`` (``f_{-1} = 0``); it retires
+    at ``r_p = max(f_p, a_p + 1)`` (a position holds its slot for at least one
+    cycle). The result is ``r_{P-1}``, a float (exact: the recurrence runs in
+    integer units of ``1 / lanes`` cycle).
+
+    It is a lower bound for every schedule that admits positions in order, at
+    most one a cycle, a position only after the one ``depth`` places earlier
+    has left, a position leaving no earlier than a cycle after its admission
+    and not before its MACs are done, with at most ``lanes`` MACs a cycle: by
+    induction on ``p``, such a schedule admits ``p`` no earlier than ``a_p``,
+    and its positions up to ``p`` have all left no earlier than ``r_p``
+    (the work of positions ``k … p``, available from ``a_k``, needs
+    ``Σ w / lanes`` cycles, and ``f_p = max_k (a_k + Σ_{q=k}^{p} w_q / lanes)``).
+
+    With ``depth ≥ P`` no admission waits (``a_p = p``) and the result is
+    ``max(P, max_k (k + Σ_{q≥k} w_q / lanes))`` ≥ ``max(P, Σ w / lanes)``,
+    the rate-bounded ideal, with equality when the work is not back-loaded.
+    """
+    depth = _check_count("buffer depth", depth, 1)
+    work = _active(active, lanes).sum(axis=-1).tolist()
+    if not work:
+        return 0.0
+    # times in units of 1 / lanes cycle
+    retire = []
+    admit, finish = -lanes, 0
+    for p, w in enumerate(work):
+        admit += lanes
+        if p >= depth and retire[p - depth] > admit:
+            admit = retire[p - depth]
+        finish = (finish if finish > admit else admit) + w
+        retire.append(finish if finish > admit + lanes else admit + lanes)
+    return retire[-1] / lanes
+
+
 def decoupled_cycles(active, *, lanes, depth, rotate):
     """Cycles of decoupled lanes with a ``depth``-position buffer (see the module text).
 
@@ -72,10 +169,7 @@ def decoupled_cycles(active, *, lanes, depth, rotate):
     cycles later; it retires at ``r_p = max(a_p + 1, max_j f_j(p))``. The
     result is ``r`` of the last position.
     """
-    if not isinstance(depth, int) or isinstance(depth, bool):
-        raise TypeError(f"buffer depth must be an integer, not {depth!r}")
-    if depth < 1:
-        raise ValueError(f"buffer depth must be >= 1, not {depth}")
+    depth = _check_count("buffer depth", depth, 1)
     work = _lane_work(_active(active, lanes), lanes, bool(rotate)).tolist()
     finish = [0] * lanes
     retire = []
