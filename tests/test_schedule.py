@@ -161,3 +161,23 @@ def test_negative_active_counts_are_refused():
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         decoupled_cycles([[1, 2]], rotate=False, **kwargs)
+
+
+def test_bench_reports_the_models_consistently():
+    from dynsparse.sim.bench import _markdown, bench_image
+    rows, _, _ = bench_image("text", thresholds=(0, 128), lanes=(8, 2), tile_sizes=(1,), max_side=48,
+                             log=lambda *_: None, schedule_depths=(16,), fluid_depths=(16, 64))
+    for row in rows:
+        for figures in row["lanes"].values():
+            model = figures["schedule_models"]
+            assert model["flat_empty_free"] >= model["flat"]
+            assert model["fluid_16"] <= model["fluid_64"] <= 1 + 1e-12
+            # the bound holds the schedules with the same buffer, and the engine (depth 1)
+            assert max(model["fixed_16"], model["rotated_16"]) <= model["fluid_16"] + 1e-12
+            assert figures["fraction_of_rate_bounded_ideal"] <= model["fluid_16"] + 1e-12
+    text = _markdown(rows, lanes=(8, 2), thresholds=(0, 128), ref_std=24.0, pad_mode="zero", command="x")
+    assert "| flat + empty free | fixed 16 | rotated 16 | fluid 16 | fluid 64 |" in text
+    assert "**The 0.8 target.**" in text
+    for lane in (8, 2):
+        lowest = next(line for line in text.splitlines() if line.startswith(f"- Lowest over the table at L = {lane}:"))
+        assert "flat + empty free " in lowest and "fluid 64 " in lowest
