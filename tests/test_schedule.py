@@ -175,8 +175,12 @@ def test_bench_reports_the_models_consistently():
             # the bound holds the schedules with the same buffer, and the engine (depth 1)
             assert max(model["fixed_16"], model["rotated_16"]) <= model["fluid_16"] + 1e-12
             assert figures["fraction_of_rate_bounded_ideal"] <= model["fluid_16"] + 1e-12
+            # the smallest power-of-two buffer at which the fluid bound reaches the target
+            buffer = figures["fluid_buffer_for_target"]
+            assert buffer is not None and buffer & (buffer - 1) == 0
+            assert (buffer <= 16) == (model["fluid_16"] >= 0.8) and (buffer <= 64) == (model["fluid_64"] >= 0.8)
     text = _markdown(rows, lanes=(8, 2), thresholds=(0, 128), ref_std=24.0, pad_mode="zero", command="x")
-    assert "| flat + empty free | fixed 16 | rotated 16 | fluid 16 | fluid 64 |" in text
+    assert "| flat + empty free | fixed 16 | rotated 16 | fluid 16 | fluid 64 | fluid buffer for 80% |" in text
     assert "**The 0.8 target.**" in text
     for lane in (8, 2):
         lowest = next(line for line in text.splitlines() if line.startswith(f"- Lowest over the table at L = {lane}:"))
