@@ -1,4 +1,4 @@
-"""Host side of the dynsparse link protocol, version 2 (``docs/protocol.md``).
+"""Host side of the dynsparse link protocol, version 3 (``docs/protocol.md``).
 
 Transport-independent: packet encoders, an incremental reply parser, the
 constants of the protocol and CRC-8, shared by the board API and the
@@ -18,7 +18,8 @@ __all__ = [
     "COMMAND_MAGIC", "REPLY_MAGIC", "DEVICE_MAGIC", "PROTOCOL_VERSION", "DEVICE_ID",
     "RESULT_BYTES", "ERROR_BITS", "ENGINE_ERROR_BITS", "Command", "Status", "Register", "Design",
     "crc8", "encode_command", "encode_ping", "encode_write_register", "encode_read_register",
-    "encode_run_frame", "encode_reply", "encode_frame_result",
+    "encode_run_frame", "encode_weight_stream", "STREAM_CHUNK", "encode_reply", "encode_frame_result",
+    "WEIGHT_STATUS_BITS",
     "ENGINE_COUNTERS", "PAD_MASK_BANDS", "pad_mask_word",
     "Reply", "FrameResult", "ReplyParser",
     "LinkError", "ProtocolError", "LinkTimeout", "LinkUnavailable",
@@ -33,7 +34,7 @@ REPLY_MAGIC = 0x5A
 #: First four bytes of a PING reply.
 DEVICE_MAGIC = b"DSPS"
 #: Protocol version, fifth byte of a PING reply.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: Value of the read-only ID register: ``DEVICE_MAGIC`` read as a little-endian u32.
 DEVICE_ID = int.from_bytes(DEVICE_MAGIC, "little")      # 0x53505344
 #: Bytes per result on the wire of the density design (u16, little-endian); version 1's only size.
@@ -45,6 +46,7 @@ class Command(enum.IntEnum):
     WRITE_REG = 0x02
     READ_REG  = 0x03
     RUN_FRAME = 0x04
+    WEIGHT_STREAM = 0x05
 
 
 class Status(enum.IntEnum):
@@ -59,7 +61,7 @@ class Status(enum.IntEnum):
 
 
 class Design(enum.IntEnum):
-    """What a board computes: byte 5 of the PING reply (version 2)."""
+    """What a board computes: byte 5 of the PING reply (versions 2 and 3)."""
     DENSITY = 0          # density map, one u16 per pixel byte
     CONV    = 1          # sparse convolution, C_out int8 results per pixel
 
@@ -91,6 +93,10 @@ class Register(enum.IntEnum):
     SKIPPED_ZERO       = 0x2B
     SKIPPED_PADDING    = 0x2C
     ENGINE_ERRORS      = 0x2D
+    WEIGHT_STREAM_STATUS = 0x30
+    WEIGHT_STREAMS_OK    = 0x31
+    WEIGHT_STREAMS_BAD   = 0x32
+    WEIGHT_LOADS         = 0x33
 
 
 #: ERRORS register: bit → name (bits 0-4 come from the pipeline).
@@ -106,6 +112,9 @@ ENGINE_ERROR_BITS = {
     4: "window_bad_size", 5: "scaler_bad_weight", 6: "scaler_bad_address", 7: "scaler_bad_density",
     8: "engine_misaligned", 9: "engine_bad_tap", 10: "engine_bad_mask_write", 11: "bad_size",
 }
+
+#: WEIGHT_STREAM_STATUS register of the convolution design: field → (first bit, width).
+WEIGHT_STATUS_BITS = {"code": (0, 4), "bad_shape": (4, 1), "busy": (5, 1)}
 
 #: The engine's counters (registers of the convolution design), in the golden model's names.
 ENGINE_COUNTERS = {"cycles": Register.CONV_CYCLES, "performed": Register.PERFORMED,
@@ -160,6 +169,18 @@ def encode_read_register(address):
 
 def encode_run_frame():
     return encode_command(Command.RUN_FRAME)
+
+
+#: Stream bytes in one WEIGHT_STREAM packet, at most (the payload's first byte is the flags).
+STREAM_CHUNK = 254
+
+
+def encode_weight_stream(chunk, *, last):
+    """WEIGHT_STREAM packet: flags (bit 0: ``chunk`` ends the stream), then 1 … 254 stream bytes."""
+    chunk = bytes(chunk)
+    if not 1 <= len(chunk) <= STREAM_CHUNK:
+        raise ValueError(f"a WEIGHT_STREAM chunk must have 1 to {STREAM_CHUNK} bytes, not {len(chunk)}")
+    return encode_command(Command.WEIGHT_STREAM, bytes([int(bool(last))]) + chunk)
 
 
 def encode_reply(status, payload=b""):
@@ -357,12 +378,12 @@ class HostLink:
         if version == 1 and len(payload) == 8:
             kernel_size, channels, result_bytes = payload[5:8]
             design, results_per_pixel = Design.DENSITY, channels
-        elif version == PROTOCOL_VERSION and len(payload) == 10:
+        elif version in (2, PROTOCOL_VERSION) and len(payload) == 10:
             design, kernel_size, channels, results_per_pixel, result_bytes = payload[5:10]
             design = Design(design) if design in {d.value for d in Design} else design
         else:
             raise ProtocolError(f"PING: protocol version {version} with {len(payload)} bytes, "
-                                f"expected version {PROTOCOL_VERSION} (or 1)")
+                                f"expected version {PROTOCOL_VERSION} (or 2, 1)")
         if result_bytes not in (1, 2) or not channels or not results_per_pixel:
             raise ProtocolError(f"PING: unexpected build information {payload[5:].hex()}")
         self._info = {"version": version, "design": design, "kernel_size": kernel_size,
@@ -415,6 +436,60 @@ class HostLink:
         self.write_register(Register.WEIGHT_ADDR, 0)
         for value in weights.ravel():
             self.write_register(Register.WEIGHT_DATA, int(value))
+
+    def weight_stream_status(self):
+        """The weight decoder's state: ``code`` (the last decided stream's
+        :class:`~dynsparse.golden.weightstream.StreamError` value, 0 = good),
+        ``bad_shape`` (its tensor is not ``C_out × K²``: nothing was loaded), ``busy``,
+        and the counts ``streams_ok``, ``streams_bad``, ``loads``."""
+        self._conv_info()
+        status = self.read_register(Register.WEIGHT_STREAM_STATUS)
+        values = {name: status >> first & ((1 << width) - 1)
+                  for name, (first, width) in WEIGHT_STATUS_BITS.items()}
+        values.update(streams_ok=self.read_register(Register.WEIGHT_STREAMS_OK),
+                      streams_bad=self.read_register(Register.WEIGHT_STREAMS_BAD),
+                      loads=self.read_register(Register.WEIGHT_LOADS))
+        return values
+
+    def load_weight_stream(self, stream, *, chunk=STREAM_CHUNK, polls=100):
+        """Send a compressed weight stream (``docs/weightstream.md``) in WEIGHT_STREAM packets.
+
+        The board checks and decodes it, rebuilds the dropped weights and
+        writes every weight into the engine. Returns :meth:`weight_stream_status`
+        once the stream is decided and its weights are written. Raises
+        :class:`ProtocolError` if the board rejects the stream (the message
+        names the decoder's error code) or its tensor is not ``C_out × K²``;
+        the weights loaded before stay in place either way. ``chunk``: stream
+        bytes per packet (1 … 254).
+        """
+        from ..golden.weightstream import StreamError
+        stream = bytes(stream)
+        if not stream:
+            raise ValueError("a weight stream must have at least one byte")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= STREAM_CHUNK:
+            raise ValueError(f"chunk must be an integer in [1, {STREAM_CHUNK}], not {chunk!r}")
+        before = self.weight_stream_status()
+        decided = before["streams_ok"] + before["streams_bad"]
+        for start in range(0, len(stream), chunk):
+            self._command(Command.WEIGHT_STREAM, bytes([int(start + chunk >= len(stream))]) +
+                          stream[start:start + chunk])
+        for _ in range(polls):
+            status = self.weight_stream_status()
+            if (status["streams_ok"] + status["streams_bad"] - decided) % 2 ** 32 >= 1 and \
+                    not status["busy"]:
+                break
+        else:
+            raise LinkTimeout(f"WEIGHT_STREAM: the board did not decide the stream after {polls} polls")
+        if status["code"]:
+            code = status["code"]
+            name = StreamError(code).name if code in {e.value for e in StreamError} else str(code)
+            raise ProtocolError(f"WEIGHT_STREAM: the board rejected the stream: {name} ({code})")
+        if status["bad_shape"]:
+            info = self._info
+            raise ProtocolError(f"WEIGHT_STREAM: the stream's tensor is not {info['results_per_pixel']} × "
+                                f"{info['channels'] * info['kernel_size'] ** 2} (C_out × C_in·K·K); "
+                                f"nothing was loaded")
+        return status
 
     def write_padding_mask(self, mask, width, height, *, block_size=4):
         """Load a padding mask (``golden.padmask`` order) for ``width × height`` frames, bit by bit."""

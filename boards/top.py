@@ -10,7 +10,7 @@ the platform's default clock and reset, its first UART, and an LED that lights
 while a frame is in flight.
 """
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -18,7 +18,9 @@ from ..golden.padmask import BANDS, mask_layout
 from ..hdl.convpipe import SparseConvPipeline
 from ..hdl.frame import check_int
 from ..hdl.hostlink import HostLink, result_layout
+from ..hdl.maskdecoder import byte_layout
 from ..hdl.pipeline import DensityPipeline
+from ..hdl.reconstructor import WeightReconstructor
 from ..hdl.skid import StreamRegister
 from ..hdl.uart import UARTReceiver, UARTTransmitter
 from .protocol import RESULT_BYTES, Design, Register
@@ -198,7 +200,11 @@ class ConvBoard(LinkBoard):
     weights, threshold, requantisation, dense mode and padding mask are design
     registers of the host link (``docs/protocol.md``, *Convolution design*), the
     engine's counters (per frame: cleared when a frame starts) and error flags
-    are read-only registers.
+    are read-only registers. Weights also arrive compressed: WEIGHT_STREAM
+    packets feed a :class:`~dynsparse.hdl.reconstructor.WeightReconstructor`
+    (decoder, CRC and fault checks, interpolation of the dropped weights), and a
+    good stream whose tensor is ``C_out × K²`` (matrix view) is written into
+    the engine's weights, flat order, as the interpolator streams it.
 
     Parameters
     ----------
@@ -216,11 +222,16 @@ class ConvBoard(LinkBoard):
                                            max_width=max_width, max_height=max_height,
                                            block_size=block_size, requantize=True, tile_size=tile_size)
         self._block_size = block_size
+        weight_count = out_channels * kernel_size ** 2
+        # the decoder's watchdog: a stream whose next packet does not come within the link's
+        # own watchdog is abandoned (TRUNCATED), so the next stream starts clean
+        self.reconstructor = WeightReconstructor(max_entries=max(8, weight_count),
+                                                 timeout_cycles=max(16, clk_freq * watchdog_ms // 1000))
         super().__init__(clk_freq=clk_freq, baud=baud, watchdog_ms=watchdog_ms, link_params=dict(
             channels=1, max_width=max_width, max_height=max_height,
             min_width=self.pipeline.min_width, min_height=self.pipeline.min_height,
             design=Design.CONV, kernel_size=kernel_size, results_per_pixel=out_channels,
-            result_bytes=1))
+            result_bytes=1, weight_stream=True))
 
     weight_count = property(lambda self: self.pipeline.out_channels * self.pipeline.kernel_size ** 2,
                             doc="Weights: C_out × C_in × K × K (C_in = 1).")
@@ -276,11 +287,44 @@ class ConvBoard(LinkBoard):
         for band, size in enumerate(band_sizes):
             index_ok = index_ok | ((mask_band == band) & (mask_index < size))
 
+        # -------- compressed weights: WEIGHT_STREAM bytes → reconstructor → weight memory ------
+        m.submodules.reconstructor = rec = self.reconstructor
+        m.submodules.to_decoder = to_decoder = StreamRegister(byte_layout)
+        connect(m, link.stream, to_decoder.i_stream)
+        connect(m, to_decoder.o_stream, rec.i_stream)
+        # The tensor must be C_out × K² (matrix view) to be loaded; the interpolator's first
+        # weight comes cycles after the commit that changes `tensor`, so a registered check is current.
+        shape_ok = Signal()
+        m.d.sync += shape_ok.eq((rec.tensor.rows == c_out) & (rec.tensor.cols == taps))
+        stream_co = Signal(range(c_out))                      # where the next rebuilt weight goes
+        stream_tap = Signal(range(taps))
+        register_weight = Signal()                            # a WEIGHT_DATA write this cycle
+        stream_take = rec.o_stream.valid & ~register_weight   # the register write goes first
+        stream_write = stream_take & shape_ok
+        bad_shape = Signal()
+        busy_decoding = Signal()
+        loads = Signal(32)
+        m.d.comb += rec.o_stream.ready.eq(~register_weight)
+        m.d.sync += busy_decoding.eq(rec.busy | to_decoder.o_stream.valid)
+        with m.If(stream_take):
+            m.d.sync += stream_tap.eq(stream_tap + 1)
+            with m.If(stream_tap == taps - 1):
+                m.d.sync += [stream_tap.eq(0), stream_co.eq(stream_co + 1)]
+            with m.If(rec.o_stream.payload.last):
+                m.d.sync += [stream_tap.eq(0), stream_co.eq(0), bad_shape.eq(~shape_ok)]
+                with m.If(shape_ok):
+                    m.d.sync += loads.eq(loads + 1)
+        weight_status = Cat(rec.error, bad_shape, busy_decoding)
+
         counters = {Register.CONV_CYCLES: pipeline.cycles, Register.PERFORMED: pipeline.performed,
                     Register.SKIPPED_PRUNED: pipeline.skipped_pruned,
                     Register.SKIPPED_ZERO: pipeline.skipped_zero,
                     Register.SKIPPED_PADDING: pipeline.skipped_padding,
-                    Register.ENGINE_ERRORS: pipeline.errors.as_value()}
+                    Register.ENGINE_ERRORS: pipeline.errors.as_value(),
+                    Register.WEIGHT_STREAM_STATUS: weight_status,
+                    Register.WEIGHT_STREAMS_OK: rec.streams_ok,
+                    Register.WEIGHT_STREAMS_BAD: rec.streams_bad,
+                    Register.WEIGHT_LOADS: loads}
         int8_ok = ((value[7:] == 0) | (value[7:] == (1 << 25) - 1)) & (value != 0xFFFF_FF80)
         with m.Switch(address):
             for register, readable, check, current in (
@@ -333,10 +377,11 @@ class ConvBoard(LinkBoard):
         m.d.sync += clear_counters.eq(link.frame_start)
         errors = pipeline.errors
         m.d.comb += [
-            pipeline.weight_addr.tap.eq(weight_tap),
-            pipeline.weight_addr.co.eq(weight_co),
-            pipeline.weight_data.eq(write_value[:8]),
-            pipeline.weight_write.eq(weight_write),
+            register_weight.eq(weight_write),
+            pipeline.weight_addr.tap.eq(Mux(weight_write, weight_tap, stream_tap)),
+            pipeline.weight_addr.co.eq(Mux(weight_write, weight_co, stream_co)),
+            pipeline.weight_data.eq(Mux(weight_write, write_value[:8], rec.o_stream.payload.data)),
+            pipeline.weight_write.eq(weight_write | stream_write),
             pipeline.mask_write.eq(mask_write),
             pipeline.mask_band.eq(write_value[16:18]),
             pipeline.mask_index.eq(write_value[0:16]),

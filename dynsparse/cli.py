@@ -259,11 +259,12 @@ def cmd_run(args):
     from dynsparse.boards.protocol import Design, HostLink, LinkError, Register, SerialTransport
     from dynsparse.golden.density import inv_ref_var
     image = _read_image(args.image)
-    weights = None
+    weights = stream = None
     if args.design == "conv":
         if args.weights is None:
-            raise CommandError("--design conv needs --weights (a .npy int array [C_out, 1, K, K] in [-127, 127])")
-        weights = _read_weights(args.weights)
+            raise CommandError("--design conv needs --weights (a .npy int array [C_out, 1, K, K] in [-127, 127], "
+                               "or a .dsw weight stream from dynsparse compress)")
+        weights, stream = _read_conv_weights(args.weights)
     elif args.weights is not None:
         raise CommandError("--weights needs --design conv")
     try:
@@ -281,7 +282,17 @@ def cmd_run(args):
             raise CommandError(f"{args.port}: the board runs the {design} design, not {wanted} "
                                f"(flash the other bitstream, or use --design {design})")
         if info["design"] == Design.CONV:
-            host.write_weights(weights)
+            if stream is None:
+                host.write_weights(weights)
+            else:
+                # compressed: the board checks, decodes and rebuilds it (docs/protocol.md, WEIGHT_STREAM)
+                expected = (info["results_per_pixel"], info["channels"] * info["kernel_size"] ** 2)
+                if weights.reshape(weights.shape[0], -1).shape != expected:
+                    raise CommandError(f"{args.weights}: the stream's tensor {' × '.join(map(str, weights.shape))} "
+                                       f"does not fit the board's {expected[0]} × {expected[1]} weights")
+                loaded = host.load_weight_stream(stream)
+                print(f"{args.weights}: {len(stream)} bytes sent compressed, decoded and loaded "
+                      f"(weight loads so far: {loaded['loads']})")
             host.configure_conv(prune_threshold=args.threshold, multiplier=args.multiplier, shift=args.shift,
                                 dense=args.dense, pad_mode=args.pad_mode, inv_ref_var=inv_ref_var(args.ref_std))
             results = host.run_conv(image)
@@ -310,6 +321,25 @@ def cmd_run(args):
     _write_density_png(out, density)
     print(f"{image.shape[1]}×{image.shape[0]} pixels, {status['cycles']} cycles in the FPGA; wrote {out}")
     return 0
+
+
+def _read_conv_weights(path):
+    """``(weights, stream)``: a .npy weight array (``stream`` None), or a weight stream (a file that
+    starts with ``DSWT``) and the tensor it rebuilds; a clear error for a bad file."""
+    path = Path(path)
+    if path.is_file():
+        with path.open("rb") as file:
+            magic = file.read(4)
+        if magic == b"DSWT":
+            from dynsparse.golden.sparsify import reconstruct
+            from dynsparse.golden.weightstream import StreamFormatError, parse_stream
+            data = path.read_bytes()
+            try:
+                parsed = parse_stream(data)
+            except StreamFormatError as error:
+                raise CommandError(f"{path}: corrupt weight stream: {error} (error code {int(error.code)})") from None
+            return reconstruct(parsed).reshape(parsed.header.shape), data
+    return _read_weights(path), None
 
 
 def _read_weights(path):
@@ -540,7 +570,8 @@ def build_parser():
                                           "<image>.conv<c>.png per output channel)")
     p.add_argument("--design", choices=("density", "conv"), default="density",
                    help="what the board must run (default density)")
-    p.add_argument("--weights", help="conv: .npy int weights [C_out, 1, K, K] in [-127, 127]")
+    p.add_argument("--weights", help="conv: .npy int weights [C_out, 1, K, K] in [-127, 127], or a .dsw "
+                                     "weight stream (dynsparse compress), sent compressed and rebuilt on the board")
     p.add_argument("--threshold", type=int, default=64, help="conv: prune threshold, UQ1.8 (0-511)")
     p.add_argument("--multiplier", type=int, default=1, help="conv: requantisation multiplier (0-65535)")
     p.add_argument("--shift", type=int, default=8, help="conv: requantisation right shift (0-47)")

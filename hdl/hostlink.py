@@ -7,11 +7,13 @@ share one definition.
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..boards.protocol import (COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION,
                                REPLY_MAGIC, Command, Design, Register, Status)
 from .frame import check_int, frame_layout
+from .maskdecoder import byte_layout
 from .skid import StreamFIFO
 
 
@@ -93,6 +95,11 @@ class HostLink(wiring.Component):
         Cycles of silence, at least 16, after which a command packet is
         dropped or a frame's missing pixels are replaced with zeros; results
         missing for four times as long are replaced with zeros.
+    weight_stream : bool
+        Take WEIGHT_STREAM packets: their bytes leave on ``stream`` once the
+        packet's CRC has been checked (a 256-byte block RAM holds the packet).
+        Without it WEIGHT_STREAM is an unknown command and ``stream`` never
+        offers a byte.
     pixel_buffer : int
         Depth of the pixel FIFO in bytes, at least 2, read back as the
         PIXEL_CREDIT register. The host keeps at most this many pixel bytes
@@ -110,6 +117,10 @@ class HostLink(wiring.Component):
         Pixel bytes of a frame, raster order, channels interleaved.
     result : In(stream.Signature(result_layout))
         ``results_per_pixel`` results per pixel, in order; ``last`` is not used (the count is).
+    stream : Out(stream.Signature(byte_layout))
+        The bytes of WEIGHT_STREAM packets, in order, each packet's only after its
+        CRC has been checked; ``last`` on the final byte of a packet that ends a
+        stream (flags bit 0). The reply is sent when every byte has been taken.
     width, height : Out(unsigned)
         The WIDTH and HEIGHT registers, or 0 when above ``max_…``.
     inv_ref_var : Out(unsigned(24))
@@ -143,7 +154,7 @@ class HostLink(wiring.Component):
 
     def __init__(self, *, channels=1, max_width=640, max_height=480, min_width=1, min_height=1,
                  timeout_cycles=600_000, pixel_buffer=1024, results_per_pixel=None, result_bytes=2,
-                 design=Design.DENSITY, kernel_size=3):
+                 design=Design.DENSITY, kernel_size=3, weight_stream=False):
         self._channels = check_int("channel count", channels, minimum=1, maximum=255)
         if results_per_pixel is None:
             results_per_pixel = channels
@@ -160,6 +171,9 @@ class HostLink(wiring.Component):
         self._min_height = check_int("minimum height", min_height, minimum=1, maximum=max_height)
         self._timeout_cycles = check_int("timeout", timeout_cycles, minimum=16)
         self._pixel_buffer = check_int("pixel buffer depth", pixel_buffer, minimum=2)
+        if not isinstance(weight_stream, bool):
+            raise TypeError(f"weight_stream must be a bool, not {weight_stream!r}")
+        self._weight_stream = weight_stream
         if max_width * max_height * max(channels, results_per_pixel * result_bytes) >= 2 ** 32:
             raise ValueError(f"frame of {max_width}×{max_height} pixels, {channels} bytes and "
                              f"{results_per_pixel}×{result_bytes} result bytes each, must have "
@@ -169,6 +183,7 @@ class HostLink(wiring.Component):
             "tx":              Out(stream.Signature(unsigned(8))),
             "pixel":           Out(stream.Signature(pixel_byte_layout)),
             "result":          In(stream.Signature(result_layout)),
+            "stream":          Out(stream.Signature(byte_layout)),
             "width":           Out(range(max_width + 1)),
             "height":          Out(range(max_height + 1)),
             "inv_ref_var":     Out(unsigned(24)),
@@ -200,6 +215,7 @@ class HostLink(wiring.Component):
                                             self._results_per_pixel, self._result_bytes),
                               doc="Bytes 5-9 of the PING reply.")
     pixel_buffer   = property(lambda self: self._pixel_buffer)
+    weight_stream  = property(lambda self: self._weight_stream)
 
     def elaborate(self, platform):
         m = Module()
@@ -277,7 +293,8 @@ class HostLink(wiring.Component):
         # -------- watchdog: cycles without any transfer ------------------------------------------
         idle_cycles = Signal(range(4 * timeout + 1))
         progress = ((self.rx.valid & self.rx.ready) | (self.tx.valid & self.tx.ready) |
-                    (self.pixel.valid & self.pixel.ready) | (self.result.valid & self.result.ready))
+                    (self.pixel.valid & self.pixel.ready) | (self.result.valid & self.result.ready) |
+                    (self.stream.valid & self.stream.ready))
         # The handshakes come out of the FSM's logic: they reset the count a cycle later, through
         # a register, and `expired`/`aborted` ignore the count in that cycle, when it is stale.
         moved = Signal()
@@ -360,8 +377,9 @@ class HostLink(wiring.Component):
         rx_crc = Signal(8)
         # What EXECUTE decides on is decoded as the bytes arrive, into flags: the command (one
         # flag per command), the length (0, 1 or 5), the register address, the CRC check.
-        is_ping, is_write, is_read, is_run = (Signal(name=f"is_{n}") for n in ("ping", "write", "read", "run"))
-        length_0, length_1, length_5 = Signal(), Signal(), Signal()
+        is_ping, is_write, is_read, is_run, is_stream = (
+            Signal(name=f"is_{n}") for n in ("ping", "write", "read", "run", "stream"))
+        length_0, length_1, length_5, length_2_up = Signal(), Signal(), Signal(), Signal()
         payload_left = Signal(8)     # payload bytes still to come
         payload_last = Signal()      # payload_left == 1
         slot = Signal(5)             # one-hot: which of the first 5 payload bytes comes next
@@ -446,6 +464,21 @@ class HostLink(wiring.Component):
         m.d.sync += size_ok.eq((self.width >= self._min_width) & (self.height >= self._min_height))
         packet_timeout = ~self.rx.valid & expired
 
+        # WEIGHT_STREAM packets: payload bytes 1 … len-1 are written into the chunk memory as
+        # they arrive and read out only after the CRC has been checked.
+        chunk_count = Signal(8)      # payload bytes after the first (the flags) received
+        chunk_next = Signal(8)       # the next chunk byte to read
+        stream_final = Signal()      # flags bit 0: the chunk ends a stream
+        if self._weight_stream:
+            m.submodules.chunk = chunk = Memory(shape=unsigned(8), depth=256, init=[])
+            chunk_write = chunk.write_port()
+            chunk_read = chunk.read_port(transparent_for=())
+            m.d.comb += [chunk_write.addr.eq(chunk_count), chunk_write.data.eq(rx_byte),
+                         self.stream.payload.data.eq(chunk_read.data)]
+        else:
+            chunk_write = Signal(data.StructLayout({"en": 1}))
+            chunk_read = Signal(data.StructLayout({"addr": 8, "en": 1}))
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.rx.ready.eq(1), self.result.ready.eq(1)]   # drain stray results
@@ -466,12 +499,14 @@ class HostLink(wiring.Component):
                             m.d.sync += [is_ping.eq(rx_byte == Command.PING),
                                          is_write.eq(rx_byte == Command.WRITE_REG),
                                          is_read.eq(rx_byte == Command.READ_REG),
-                                         is_run.eq(rx_byte == Command.RUN_FRAME)]
+                                         is_run.eq(rx_byte == Command.RUN_FRAME),
+                                         is_stream.eq(rx_byte == Command.WEIGHT_STREAM)]
                             m.next = "LENGTH"
                         elif state == "LENGTH":
                             m.d.sync += [length_0.eq(rx_byte == 0), length_1.eq(rx_byte == 1),
-                                         length_5.eq(rx_byte == 5), payload_left.eq(rx_byte),
-                                         payload_last.eq(rx_byte == 1), slot.eq(1)]
+                                         length_5.eq(rx_byte == 5), length_2_up.eq(rx_byte >= 2),
+                                         payload_left.eq(rx_byte), payload_last.eq(rx_byte == 1),
+                                         slot.eq(1), chunk_count.eq(0)]
                             m.next = "PAYLOAD"
                             with m.If(rx_byte == 0):
                                 m.next = "CHECK"
@@ -488,6 +523,11 @@ class HostLink(wiring.Component):
                                              for flag, register, _ in readable]
                                 m.d.sync += read_ok_q.eq(
                                     Cat(*(rx_byte == register for _, register, _ in readable)).any())
+                            # every payload byte after the first goes into the chunk memory;
+                            # only WEIGHT_STREAM reads it back
+                            with m.If(~slot[0]):
+                                m.d.comb += chunk_write.en.eq(1)
+                                m.d.sync += chunk_count.eq(chunk_count + 1)
                             m.d.sync += [slot.eq(slot << 1), payload_left.eq(payload_left - 1),
                                          payload_last.eq(payload_left == 2)]
                             with m.If(payload_last):
@@ -557,8 +597,35 @@ class HostLink(wiring.Component):
                         m.d.sync += [area.eq(0), multiplicand.eq(self.width),
                                      multiplier.eq(self.height), multiplier_zero.eq(self.height == 0)]
                         m.next = "FRAME_SIZE"
+                with m.Elif(is_stream & self._weight_stream):
+                    with m.If(~length_2_up):
+                        reply(Status.BAD_LENGTH)
+                    with m.Elif(address[1:] != 0):
+                        reply(Status.BAD_VALUE)
+                    with m.Else():
+                        m.d.sync += [chunk_next.eq(0), stream_final.eq(address[0])]
+                        m.next = "STREAM"
                 with m.Else():
                     reply(Status.UNKNOWN_COMMAND)
+
+            # WEIGHT_STREAM: the checked packet's bytes, from the chunk memory to `stream`. The
+            # memory's read data is the payload; `en` holds it while the byte waits.
+            with m.State("STREAM"):
+                load = ~self.stream.valid | self.stream.ready
+                m.d.comb += [chunk_read.addr.eq(chunk_next), chunk_read.en.eq(load)]
+                with m.If(load):
+                    with m.If(chunk_next != chunk_count):
+                        m.d.sync += [self.stream.valid.eq(1), chunk_next.eq(chunk_next + 1),
+                                     self.stream.payload.last.eq(stream_final &
+                                                                 (chunk_next == chunk_count - 1))]
+                    with m.Else():
+                        m.d.sync += self.stream.valid.eq(0)
+                        reply(Status.OK)
+                with m.Elif(expired):
+                    # the design stopped taking bytes: the rest of the packet is dropped
+                    m.d.sync += self.stream.valid.eq(0)
+                    m.d.comb += raised[2].eq(1)
+                    reply(Status.TIMEOUT)
 
             # width · height by shift and add, one bit of the height per cycle: a multiplier
             # here would take a DSP block from the pipeline.

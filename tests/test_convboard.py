@@ -75,6 +75,51 @@ def test_cli_run_conv_writes_one_png_per_channel(tmp_path, monkeypatch, capsys):
         np.testing.assert_equal(png, expected)
 
 
+def test_cli_run_conv_sends_a_weight_stream(tmp_path, monkeypatch, capsys):
+    """`dynsparse run --design conv --weights w.dsw`: the stream goes to the board compressed
+    (WEIGHT_STREAM packets) and the board's rebuilt weights are the golden reconstruction."""
+    from test_protocol import FakeDevice
+    from dynsparse.boards import protocol
+    from dynsparse.cli import main
+    from dynsparse.golden.sparsify import reconstruct
+    from dynsparse.golden.weightstream import parse_stream
+
+    device = FakeDevice(design=Design.CONV, results_per_pixel=3, result_bytes=1, credit=16)
+    device.registers.update({register: 0 for register in (
+        protocol.Register.CONV_CYCLES, protocol.Register.PERFORMED, protocol.Register.SKIPPED_PRUNED,
+        protocol.Register.SKIPPED_ZERO, protocol.Register.SKIPPED_PADDING, protocol.Register.ENGINE_ERRORS,
+        protocol.Register.ERRORS, protocol.Register.CYCLES, protocol.Register.IGNORED_BYTES,
+        protocol.Register.BAD_COMMANDS)})
+    monkeypatch.setattr(protocol, "SerialTransport", lambda port, baud: _Closing(device))
+    image = np.random.default_rng(6).integers(0, 256, size=(5, 5), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    weights = np.random.default_rng(7).integers(-127, 128, size=(3, 1, 3, 3)).astype(np.int8)
+    np.save(tmp_path / "w.npy", weights)
+    assert main(["compress", str(tmp_path / "w.npy"), "-o", str(tmp_path / "w.dsw"), "--encoding", "rle",
+                 "--sparsity", "0.5", "--interpolation", "linear"]) == 0
+    stream = (tmp_path / "w.dsw").read_bytes()
+    assert main(["run", str(tmp_path / "image.npy"), "--design", "conv", "--weights", str(tmp_path / "w.dsw")]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(stream)} bytes sent compressed, decoded and loaded" in out
+    assert b"".join(data for _, data in device.chunks) == stream
+    expected = reconstruct(parse_stream(stream)).ravel()
+    assert [device.weights[i] for i in range(27)] == [int(w) & 0xFFFFFFFF for w in expected]
+    assert not any(address == protocol.Register.WEIGHT_DATA for address, _ in device.writes)
+    # a stream for another layer shape is refused before anything is sent
+    np.save(tmp_path / "w5.npy", np.ones((3, 1, 5, 5), np.int8))
+    assert main(["compress", str(tmp_path / "w5.npy"), "-o", str(tmp_path / "w5.dsw"), "--sparsity", "0.5"]) == 0
+    chunks = len(device.chunks)
+    with pytest.raises(SystemExit):
+        main(["run", str(tmp_path / "image.npy"), "--design", "conv", "--weights", str(tmp_path / "w5.dsw")])
+    assert "w5.dsw: the stream's tensor 3 × 1 × 5 × 5 does not fit the board's 3 × 9 weights" in capsys.readouterr().err
+    assert len(device.chunks) == chunks
+    # a corrupt stream is refused with the parser's message
+    (tmp_path / "bad.dsw").write_bytes(stream[:-1] + bytes([stream[-1] ^ 1]))
+    with pytest.raises(SystemExit):
+        main(["run", str(tmp_path / "image.npy"), "--design", "conv", "--weights", str(tmp_path / "bad.dsw")])
+    assert "bad.dsw: corrupt weight stream:" in capsys.readouterr().err
+
+
 class _Closing:
     """A transport with ``close``, around the device model."""
 

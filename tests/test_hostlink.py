@@ -13,7 +13,7 @@ from amaranth.lib.wiring import connect
 
 from dynsparse.boards.protocol import (
     DEVICE_ID, Command, FrameResult, Register, Reply, ReplyParser, Status, crc8, encode_command,
-    encode_ping, encode_read_register, encode_run_frame, encode_write_register,
+    encode_ping, encode_read_register, encode_run_frame, encode_weight_stream, encode_write_register,
 )
 from dynsparse.hdl.hostlink import HostLink, crc8_next
 from dynsparse.hdl.uart import UARTReceiver, UARTTransmitter
@@ -185,7 +185,7 @@ def test_ping(rx, tx, pipe):
 
     async def script(ctx, bench):
         reply = await bench.command(ctx, encode_ping())
-        assert reply == Reply(Status.OK, b"DSPS\x02" + bytes(BUILD_INFO), True)
+        assert reply == Reply(Status.OK, b"DSPS\x03" + bytes(BUILD_INFO), True)
 
     bench.run(script)
 
@@ -386,7 +386,7 @@ def test_run_frame_results_per_pixel():
     bench = Bench(dut, tx="random", pipe="random", seed=13)
 
     async def script(ctx, bench):
-        assert (await bench.command(ctx, encode_ping())).payload == b"DSPS\x02" + bytes([0, 3, 1, 3, 1])
+        assert (await bench.command(ctx, encode_ping())).payload == b"DSPS\x03" + bytes([0, 3, 1, 3, 1])
         for _ in range(2):
             results, trailer = await bench.run_frame(ctx, frame)
             assert trailer.status == Status.OK and trailer.crc_ok
@@ -480,7 +480,7 @@ def test_over_uart():
 
     async def script(ctx, bench):
         reply = await bench.command(ctx, encode_ping())
-        assert reply == Reply(Status.OK, b"DSPS\x02" + bytes(BUILD_INFO), True)
+        assert reply == Reply(Status.OK, b"DSPS\x03" + bytes(BUILD_INFO), True)
         results, trailer = await bench.run_frame(ctx, frame)
         assert trailer.status == Status.OK and trailer.crc_ok
         np.testing.assert_equal(results, model_result(frame.astype(np.int64)))
@@ -533,6 +533,8 @@ def test_parameter_errors():
         make_dut(design=-1)
     with pytest.raises(TypeError, match=r"^kernel size must be an integer in \[1, 255\], not '3'$"):
         make_dut(kernel_size="3")
+    with pytest.raises(TypeError, match=r"^weight_stream must be a bool, not 1$"):
+        make_dut(weight_stream=1)
     with pytest.raises(ValueError, match=r"^frame of 65536×65536 pixels, 1 bytes and 1×2 result bytes each, "
                                          r"must have fewer than 2\*\*32 bytes$"):
         make_dut(max_width=65536, max_height=65536, channels=1)
@@ -543,3 +545,76 @@ def test_verilog():
                                     timeout_cycles=600_000, results_per_pixel=8, result_bytes=1),
                            name="hostlink")
     assert "module hostlink" in text
+
+
+class StreamBench(Bench):
+    """:class:`Bench` with a sink on ``stream`` that takes bytes by ``pattern`` (``"never"``: none)."""
+
+    def __init__(self, dut, *, pattern="none", **kwargs):
+        super().__init__(dut, **kwargs)
+        self.stream_pattern = pattern
+        self.received = []          # (byte, last) taken from `stream`
+
+    async def stream_sink(self, ctx):
+        allow = (iter(lambda: False, True) if self.stream_pattern == "never"
+                 else stall_pattern(self.stream_pattern, seed=self.seed + 5))
+        while True:
+            ready = next(allow)
+            ctx.set(self.link.stream.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(self.link.stream.valid, self.link.stream.payload)
+            if ready and valid:
+                self.received.append((payload.data, payload.last))
+
+    def run(self, script, *, deadline=60_000):
+        async def host(ctx):
+            await script(ctx, self)
+            count = len(self.tx_bytes)
+            await ctx.tick().repeat(5 * TIMEOUT)
+            assert len(self.tx_bytes) == count, f"unexpected bytes {self.tx_bytes[count:].hex()}"
+
+        run_simulation(self.dut, [host], processes=[self.tx_sink, self.pipeline, self.stream_sink],
+                       deadline_cycles=deadline)
+
+
+@pytest.mark.parametrize("rx,sink", [("none", "none"), ("fixed", "random"), ("random", "fixed")])
+def test_weight_stream_packets(rx, sink):
+    """WEIGHT_STREAM: a packet's bytes leave on `stream` only once its CRC is checked, all of them
+    before the reply; `last` on the final byte of a packet with flags bit 0; bad packets forward nothing."""
+    rng = random.Random(len(rx) + 7 * len(sink))
+    bench = StreamBench(make_dut(weight_stream=True), rx=rx, tx="random", pattern=sink, seed=len(rx + sink))
+    chunks = [bytes(rng.randrange(256) for _ in range(size)) for size in (200, 3, 254, 1)]
+
+    async def script(ctx, bench):
+        expected = []
+        for index, chunk in enumerate(chunks):
+            last = index in (1, 3)
+            assert await bench.command(ctx, encode_weight_stream(chunk, last=last)) == Reply(Status.OK, b"", True)
+            expected += [(byte, int(last and i == len(chunk) - 1)) for i, byte in enumerate(chunk)]
+            assert bench.received == expected            # every byte taken before the reply
+        bad = bytearray(encode_weight_stream(b"\x11\x22\x33", last=True))
+        bad[-1] ^= 1
+        assert await bench.command(ctx, bytes(bad)) == Reply(Status.BAD_CRC, b"", True)
+        assert await bench.command(ctx, encode_command(Command.WEIGHT_STREAM, b"\x01")) == \
+            Reply(Status.BAD_LENGTH, b"", True)
+        assert await bench.command(ctx, encode_command(Command.WEIGHT_STREAM, b"\x80\x01")) == \
+            Reply(Status.BAD_VALUE, b"", True)
+        assert bench.received == expected
+        assert await bench.read(ctx, Register.BAD_COMMANDS) == 3
+
+    bench.run(script, deadline=200_000)
+
+
+def test_weight_stream_disabled_and_stuck():
+    """Without `weight_stream` the command is unknown; a design that takes no byte gets TIMEOUT."""
+    async def unknown(ctx, bench):
+        assert await bench.command(ctx, encode_weight_stream(b"\x01\x02", last=True)) == \
+            Reply(Status.UNKNOWN_COMMAND, b"", True)
+        assert bench.received == []
+    StreamBench(make_dut(), seed=1).run(unknown)
+
+    async def stuck(ctx, bench):
+        assert await bench.command(ctx, encode_weight_stream(b"\x01\x02", last=True)) == \
+            Reply(Status.TIMEOUT, b"", True)
+        assert await bench.read(ctx, Register.ERRORS) == 1 << 10
+        assert (await bench.command(ctx, encode_ping())).status == Status.OK
+    StreamBench(make_dut(weight_stream=True), pattern="never", seed=2).run(stuck)

@@ -6,11 +6,13 @@ import struct
 import numpy as np
 import pytest
 
+from dynsparse.golden.sparsify import reconstruct, sparsify
+from dynsparse.golden.weightstream import StreamFormatError, encode_stream, parse_stream
 from dynsparse.boards.protocol import (
     COMMAND_MAGIC, DEVICE_ID, DEVICE_MAGIC, PROTOCOL_VERSION, Command, Design, FrameResult, pad_mask_word,
     HostLink, LinkTimeout, LinkUnavailable, ProtocolError, Register, Reply, ReplyParser,
     SerialTransport, Status, crc8, encode_command, encode_frame_result, encode_ping,
-    encode_read_register, encode_reply, encode_run_frame, encode_write_register,
+    encode_read_register, encode_reply, encode_run_frame, encode_weight_stream, encode_write_register,
 )
 
 
@@ -82,7 +84,7 @@ def test_parser_flags_bad_crc_and_unknown_status():
 class FakeDevice:
     """A Python model of the device behind a transport, checking the host's pixel credit."""
 
-    def __init__(self, *, channels=1, credit=8, status_override=None, silent=False, version=2,
+    def __init__(self, *, channels=1, credit=8, status_override=None, silent=False, version=PROTOCOL_VERSION,
                  design=Design.DENSITY, results_per_pixel=None, result_bytes=2, kernel_size=3):
         self.channels = channels
         self.credit = credit
@@ -90,7 +92,11 @@ class FakeDevice:
         self.results_per_pixel = channels if results_per_pixel is None else results_per_pixel
         self.result_bytes = result_bytes
         self.registers = {Register.ID: DEVICE_ID, Register.WIDTH: 0, Register.HEIGHT: 0,
-                          Register.PIXEL_CREDIT: credit, Register.FRAMES: 0, Register.WEIGHT_ADDR: 0}
+                          Register.PIXEL_CREDIT: credit, Register.FRAMES: 0, Register.WEIGHT_ADDR: 0,
+                          Register.WEIGHT_STREAM_STATUS: 0, Register.WEIGHT_STREAMS_OK: 0,
+                          Register.WEIGHT_STREAMS_BAD: 0, Register.WEIGHT_LOADS: 0}
+        self.stream = bytearray()         # WEIGHT_STREAM bytes of the stream in progress
+        self.chunks = []                  # (flags, stream bytes) of every WEIGHT_STREAM packet
         self.weights = {}                 # WEIGHT_DATA writes: address -> value
         self.writes = []                  # every (address, value) written
         self.pixel = []
@@ -157,7 +163,7 @@ class FakeDevice:
             if self.version == 1:
                 info = bytes([1, self.kernel_size, self.channels, 2])
             else:
-                info = bytes([PROTOCOL_VERSION, self.design, self.kernel_size, self.channels,
+                info = bytes([self.version, self.design, self.kernel_size, self.channels,
                               self.results_per_pixel, self.result_bytes])
             self.outgoing += encode_reply(Status.OK, DEVICE_MAGIC + info)
         elif command == Command.WRITE_REG:
@@ -168,6 +174,25 @@ class FakeDevice:
                 self.registers[Register.WEIGHT_ADDR] += 1
             else:
                 self.registers[address] = value
+            self.outgoing += encode_reply(Status.OK)
+        elif command == Command.WEIGHT_STREAM:
+            self.chunks.append((payload[0], bytes(payload[1:])))
+            self.stream += payload[1:]
+            if payload[0] & 1:
+                data, self.stream = bytes(self.stream), bytearray()
+                try:
+                    tensor = parse_stream(data)
+                except StreamFormatError as error:
+                    self.registers[Register.WEIGHT_STREAMS_BAD] += 1
+                    self.registers[Register.WEIGHT_STREAM_STATUS] = int(error.code)
+                else:
+                    self.registers[Register.WEIGHT_STREAMS_OK] += 1
+                    rows, cols = tensor.header.matrix_shape
+                    shape_ok = (rows, cols) == (self.results_per_pixel, self.kernel_size ** 2)
+                    self.registers[Register.WEIGHT_STREAM_STATUS] = 0 if shape_ok else 1 << 4
+                    if shape_ok:
+                        self.registers[Register.WEIGHT_LOADS] += 1
+                        self.weights = dict(enumerate(int(w) & 0xFFFFFFFF for w in reconstruct(tensor).ravel()))
             self.outgoing += encode_reply(Status.OK)
         elif command == Command.READ_REG:
             self.outgoing += encode_reply(Status.OK, struct.pack("<I", self.registers[payload[0]]))
@@ -183,8 +208,9 @@ class FakeDevice:
 def test_host_api_registers_and_ping():
     device = FakeDevice()
     link = HostLink(device)
-    assert link.ping() == {"version": 2, "design": Design.DENSITY, "kernel_size": 3, "channels": 1,
+    assert link.ping() == {"version": 3, "design": Design.DENSITY, "kernel_size": 3, "channels": 1,
                            "results_per_pixel": 1, "result_bytes": 2, "build_info": (0, 3, 1, 1, 2)}
+    assert HostLink(FakeDevice(version=2)).ping()["version"] == 2       # a version 2 device works
     link.write_register("width", 17)
     assert link.read_register(Register.WIDTH) == 17
     assert link.read_register("ID") == DEVICE_ID
@@ -244,7 +270,7 @@ def test_host_api_drain_recovers():
     device.outgoing += b"\x00garbage" + encode_reply(Status.OK)
     link.drain()
     assert not device.outgoing
-    assert link.ping()["version"] == 2
+    assert link.ping()["version"] == 3
 
 
 def test_host_api_version_1_device():
@@ -306,3 +332,47 @@ def test_host_api_conv_errors():
         HostLink(FakeDevice()).write_weights(np.zeros((1, 1, 3, 3), np.int64))
     with pytest.raises(ValueError, match=r"^pad mask write must be band 0-3, index 0-65535, value 0/1, not \(4, 0, 1\)$"):
         pad_mask_word(4, 0, 1)
+
+
+def test_encode_weight_stream():
+    assert encode_weight_stream(b"\x01\x02", last=True) == encode_command(Command.WEIGHT_STREAM, b"\x01\x01\x02")
+    assert encode_weight_stream(bytes(254), last=False)[2] == 255
+    for size in (0, 255):
+        with pytest.raises(ValueError, match=rf"^a WEIGHT_STREAM chunk must have 1 to 254 bytes, not {size}$"):
+            encode_weight_stream(bytes(size), last=True)
+
+
+@pytest.mark.parametrize("chunk", [254, 7, 1])
+def test_host_api_weight_stream_chunks_and_loads(chunk):
+    device = conv_device()
+    link = HostLink(device)
+    weights = np.random.default_rng(4).integers(-127, 128, size=(4, 1, 3, 3))
+    mask = sparsify(weights, sparsity=0.5)
+    stream = encode_stream(weights, mask, encoding="csr", interpolation="linear")
+    status = link.load_weight_stream(stream, chunk=chunk)
+    assert status == {"code": 0, "bad_shape": 0, "busy": 0, "streams_ok": 1, "streams_bad": 0, "loads": 1}
+    assert b"".join(data for _, data in device.chunks) == stream
+    assert [flags for flags, _ in device.chunks] == [0] * (len(device.chunks) - 1) + [1]
+    assert max(len(data) for _, data in device.chunks) == min(chunk, len(stream))
+    expected = reconstruct(parse_stream(stream)).ravel()
+    assert [device.weights[i] for i in range(36)] == [int(w) & 0xFFFFFFFF for w in expected]
+
+
+def test_host_api_weight_stream_rejections():
+    device = conv_device()
+    link = HostLink(device)
+    weights = np.random.default_rng(5).integers(-127, 128, size=(4, 1, 3, 3))
+    stream = bytearray(encode_stream(weights, sparsify(weights, sparsity=0.25), encoding="bitmask"))
+    stream[-1] ^= 0x10
+    with pytest.raises(ProtocolError, match=r"^WEIGHT_STREAM: the board rejected the stream: BAD_CRC \(7\)$"):
+        link.load_weight_stream(stream)
+    wrong = np.ones((3, 1, 3, 3), np.int64)
+    with pytest.raises(ProtocolError, match=r"^WEIGHT_STREAM: the stream's tensor is not 4 × 9 \(C_out × C_in·K·K\); "
+                                            r"nothing was loaded$"):
+        link.load_weight_stream(encode_stream(wrong, np.ones(wrong.shape, bool), encoding="bitmask"))
+    assert device.registers[Register.WEIGHT_LOADS] == 0 and not device.weights
+    with pytest.raises(ValueError, match=r"^a weight stream must have at least one byte$"):
+        link.load_weight_stream(b"")
+    for chunk in (0, 255, True, 2.0):
+        with pytest.raises(ValueError, match=r"^chunk must be an integer in \[1, 254\], not "):
+            link.load_weight_stream(b"DSWT", chunk=chunk)

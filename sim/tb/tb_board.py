@@ -10,7 +10,7 @@ import numpy as np
 
 import cocotb
 
-from dynsparse.boards.protocol import (Command, Design, ProtocolError, ReplyParser, Register, Status,
+from dynsparse.boards.protocol import (PROTOCOL_VERSION, Command, Design, ProtocolError, ReplyParser, Register, Status,
                                        encode_command, encode_run_frame)
 from dynsparse.boards.top import DensityBoard
 from dynsparse.golden.density import density_map, inv_ref_var
@@ -103,4 +103,4 @@ async def malformed_commands_get_error_replies(dut):
         statuses += [item.status for item in await collect(transport, parser, 1, seconds=0.05)]
     assert statuses == [Status.BAD_CRC, Status.UNKNOWN_COMMAND, Status.BAD_LENGTH], statuses
     info = await in_thread(host.ping)
-    assert info["version"] == 2
+    assert info["version"] == PROTOCOL_VERSION

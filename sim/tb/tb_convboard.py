@@ -11,13 +11,17 @@ real images, and results and counters are compared with the golden chain
 import numpy as np
 
 import cocotb
+from cocotb.triggers import ClockCycles
 
-from dynsparse.boards.protocol import Design, ProtocolError, Register, Status
+from dynsparse.boards.protocol import PROTOCOL_VERSION, Command, Design, ProtocolError, Register, Status
 from dynsparse.boards.top import ConvBoard
 from dynsparse.golden.density import density_map, inv_ref_var
 from dynsparse.golden.images import real_image
 from dynsparse.golden.padmask import mask_length
 from dynsparse.golden.sparseconv import dense_tap_lists, requantize, sparse_conv, tap_densities, tap_lists
+from dynsparse.golden.sparsify import reconstruct, sparsify
+from dynsparse.golden.weightstream import StreamError, encode_stream, parse_stream
+from dynsparse.sim.bench import FILTER_BANK
 from dynsparse.sim.tb.streams import params
 from dynsparse.sim.tb.uart import in_thread, start_board
 
@@ -45,10 +49,12 @@ def golden(frame, weights, *, ref_std, threshold, pad_mode, mask, dense, multipl
 
 
 async def check_frame(host, frame, weights, *, ref_std=16.0, threshold=64, pad_mode="zero", mask=None,
-                      dense=False, multiplier=300, shift=12):
-    """Configure the engine, convolve ``frame`` on the board, compare results and counters with golden."""
+                      dense=False, multiplier=300, shift=12, write_weights=True):
+    """Configure the engine, convolve ``frame`` on the board, compare results and counters with golden
+    (``weights``: the weights the board holds; written first unless ``write_weights`` is False)."""
     height, width = frame.shape
-    await in_thread(host.write_weights, weights)
+    if write_weights:
+        await in_thread(host.write_weights, weights)
     await in_thread(host.configure_conv, prune_threshold=threshold, multiplier=multiplier, shift=shift,
                     dense=dense, pad_mode=pad_mode, inv_ref_var=inv_ref_var(ref_std))
     if mask is not None:
@@ -81,7 +87,7 @@ async def ping_registers_and_errors(dut):
     """PING describes the design; registers read back; bad addresses and values get error replies."""
     _, _, host = await start_board(dut, BOARD)
     info = await in_thread(host.ping)
-    assert info["version"] == 2 and info["design"] == Design.CONV, info
+    assert info["version"] == PROTOCOL_VERSION and info["design"] == Design.CONV, info
     assert (info["kernel_size"], info["channels"], info["results_per_pixel"], info["result_bytes"]) == \
         (K, 1, C_OUT, 1), info
     await in_thread(host.write_register, Register.PRUNE_THRESHOLD, 300)
@@ -137,3 +143,64 @@ async def dense_mode(dut):
                                            multiplier=200, shift=11)
     assert measured["pruned"] == 0 and measured["padding"] == 0, measured
     await check_frame(host, frame, weights, threshold=200, pad_mode="replicate", multiplier=200, shift=11)
+
+
+async def expect_stream_error(host, stream, message, **kwargs):
+    try:
+        await in_thread(host.load_weight_stream, stream, **kwargs)
+    except ProtocolError as error:
+        assert message in str(error), error
+    else:
+        raise AssertionError(f"a stream was loaded, expected {message}")
+
+
+@cocotb.test()
+async def compressed_weights(dut):
+    """WEIGHT_STREAM: compressed weights decoded, rebuilt and loaded on the board, then convolved exactly;
+    bad streams (CRC, shape, size, an abandoned one) are rejected with their code and change nothing."""
+    pins, _, host = await start_board(dut, BOARD)
+    height, width = PARAMS["frame"]
+    frame = real_image("camera", size=(height, width))
+    # real filters (sobel, laplacian, gaussian, …), half of each kernel dropped and rebuilt linearly
+    bank = np.stack([FILTER_BANK[name] for name in list(FILTER_BANK)[:C_OUT]])[:, None].astype(np.int64)
+    stream = encode_stream(bank, sparsify(bank, sparsity=0.5), encoding="rle", interpolation="linear",
+                           criterion="magnitude")
+    status = await in_thread(host.load_weight_stream, stream, chunk=16)       # several packets
+    assert (status["code"], status["loads"], status["streams_ok"]) == (0, 1, 1), status
+    linear = reconstruct(parse_stream(stream))
+    assert not np.array_equal(linear, bank * sparsify(bank, sparsity=0.5))   # interpolation did something
+    await check_frame(host, frame, linear, threshold=32, write_weights=False)
+
+    # random weights, a quarter sent, the rest predicted by a learned predictor, bitmask in one packet
+    rng = np.random.default_rng(23)
+    weights = rng.integers(-127, 128, (C_OUT, 1, K, K))
+    stream = encode_stream(weights, sparsify(weights, sparsity=0.75), encoding="bitmask",
+                           interpolation="learned", coefficients=rng.integers(-40, 41, 8), shift=6)
+    status = await in_thread(host.load_weight_stream, stream)
+    assert (status["code"], status["loads"]) == (0, 2), status
+    learned = reconstruct(parse_stream(stream))
+    await check_frame(host, frame, learned, threshold=0, pad_mode="replicate", write_weights=False)
+
+    # bad streams: each rejected, the weights stay the learned ones
+    corrupt = bytearray(encode_stream(bank, np.ones(bank.shape, bool), encoding="csc"))
+    corrupt[40] ^= 0x04
+    await expect_stream_error(host, bytes(corrupt), f"BAD_CRC ({StreamError.BAD_CRC.value})")
+    narrow = np.ones((C_OUT - 1, 1, K, K), np.int64)
+    await expect_stream_error(host, encode_stream(narrow, np.ones(narrow.shape, bool), encoding="bitmask"),
+                              "nothing was loaded")
+    large = rng.integers(-127, 128, (C_OUT, 1, K + 2, K + 2))             # more entries than the board holds
+    await expect_stream_error(host, encode_stream(large, np.ones(large.shape, bool), encoding="bitmask"),
+                              f"BAD_HEADER ({StreamError.BAD_HEADER.value})", chunk=50)
+    # a stream abandoned after its first packet: the decoder's watchdog ends it (TRUNCATED)
+    await in_thread(host._command, Command.WEIGHT_STREAM, b"\x00" + stream[:20])
+    await ClockCycles(pins.clock, 2 * BOARD.reconstructor.timeout_cycles)
+    status = await in_thread(host.weight_stream_status)
+    assert (status["code"], status["streams_bad"], status["loads"]) == (StreamError.TRUNCATED, 3, 2), status
+    # a malformed packet: no flags byte, or flags other than bit 0
+    await expect_status(host._command, Status.BAD_LENGTH, Command.WEIGHT_STREAM, b"\x01")
+    await expect_status(host._command, Status.BAD_VALUE, Command.WEIGHT_STREAM, b"\x02" + stream[:4])
+    await check_frame(host, frame, learned, threshold=0, pad_mode="replicate", write_weights=False)
+    # the next good stream loads
+    status = await in_thread(host.load_weight_stream, encode_stream(bank, np.ones(bank.shape, bool), encoding="csr"))
+    assert (status["code"], status["loads"], status["streams_ok"], status["streams_bad"]) == (0, 3, 4, 3), status
+    await check_frame(host, frame, bank, threshold=64, write_weights=False)
