@@ -333,7 +333,8 @@ def _target_text(modelled, lanes, kinds, fractions, fluid_depths):
                               for depth, row in needs)
             text.append(f"the fluid bound reaches {target:.0%} with a buffer of (smallest power of two, column "
                         f"*fluid buffer for {target:.0%}*) {cases}. So no schedule that admits one window a "
-                        "cycle meets the target there with the smaller buffer of each pair or less: on "
+                        "cycle meets the target there with the smaller buffer"
+                        + (" of each pair" if len(needs) > 1 else "") + " or less: on "
                         f"{worst['image']} {worst['prune_threshold']} not with {depth // 2:,} positions")
             shallow = [d for d in fluid_depths if d < depth]
             if shallow:
