@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out, connect
 from .frame import check_int, pixel_layout, size_gate
 from .pipeline import DensityPipeline
 from .scaler import KernelScaler, ScalerErrors, tap_densities_from_window
-from .skid import StreamFIFO
+from .skid import StreamFIFO, StreamRegister
 from .tiles import TileAverager
 from .sparseconv import SparseConv, SparseConvErrors
 from .window import PadMode, WindowErrors, WindowGenerator
@@ -252,6 +252,12 @@ class SparseConvPipeline(wiring.Component):
         m.submodules.pixel_fifo = fifo = StreamFIFO(self._pixel_layout, depth=self._fifo_depth)
         m.submodules.window = window = self._window
         m.submodules.engine = engine = self._engine
+        # Register slices where a ready chain would otherwise cross blocks: after the fork on
+        # both branches (the fork's `ready` joins the two) and before the engine's window input
+        # (the engine's position end reaching back through the window generator and the FIFO).
+        m.submodules.to_density = to_density = StreamRegister(self._pixel_layout)
+        m.submodules.to_fifo = to_fifo = StreamRegister(self._pixel_layout)
+        m.submodules.to_engine = to_engine = StreamRegister(window.o_stream.payload.shape())
 
         # -------- size gate: a frame some block would drop never reaches either branch --------------
         # (the branches check sizes against different limits: one dropping a frame the other takes
@@ -267,7 +273,8 @@ class SparseConvPipeline(wiring.Component):
                                        size_ok=size_ok, clear_errors=self.clear_errors)
 
         # density branch
-        connect(m, fork.o_a, density.i_stream)
+        connect(m, fork.o_a, to_density.i_stream)
+        connect(m, to_density.o_stream, density.i_stream)
         m.d.comb += [
             density_window.i_stream.valid.eq(density.o_stream.valid),
             density_window.i_stream.payload.data.eq(density.o_stream.payload.data),
@@ -285,9 +292,11 @@ class SparseConvPipeline(wiring.Component):
         connect(m, scaler.o_stream, engine.i_taps)
 
         # pixel branch
-        connect(m, fork.o_b, fifo.i_stream)
+        connect(m, fork.o_b, to_fifo.i_stream)
+        connect(m, to_fifo.o_stream, fifo.i_stream)
         connect(m, fifo.o_stream, window.i_stream)
-        connect(m, window.o_stream, engine.i_window)
+        connect(m, window.o_stream, to_engine.i_stream)
+        connect(m, to_engine.o_stream, engine.i_window)
         connect(m, engine.o_stream, wiring.flipped(self.o_stream))
 
         m.d.comb += [
@@ -324,7 +333,8 @@ class SparseConvPipeline(wiring.Component):
             scaler.clear_errors.eq(self.clear_errors),
             engine.clear_errors.eq(self.clear_errors),
             self.busy.eq(density.busy | density_window.busy | scaler.busy | window.busy | engine.busy
-                         | fifo.o_stream.valid | draining),
+                         | fifo.o_stream.valid | draining | to_density.o_stream.valid
+                         | to_fifo.o_stream.valid | to_engine.o_stream.valid),
         ]
         if self._tiles is None:
             m.d.comb += density_window.pad_mode.eq(PadMode.REPLICATE)
