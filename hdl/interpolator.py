@@ -1,7 +1,9 @@
-"""Interpolator: rebuild the entries a weight stream dropped (zero, linear, learned), bit-exact."""
+"""Interpolator: rebuild the entries a weight stream dropped (zero, linear, learned), bit-exact,
+one weight per clock."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..golden.sparsify import LEARNED_OFFSETS
@@ -15,14 +17,35 @@ __all__ = ["weight_layout", "Interpolator"]
 #: Linear rule's neighbours, in the order of the slots that read them: left, right, up, down.
 LINEAR_OFFSETS = ((0, -1), (0, 1), (-1, 0), (1, 0))
 
+#: Code of a dropped entry in the line buffers and the window: a sent value is never −128
+#: (the decoder rejects such a stream with ``BAD_VALUE``), so 8 bits carry value and mask bit.
+DROPPED = -128
+
 
 def weight_layout(max_entries):
     """One rebuilt weight: its value, its flat index (matrix view), frame marks."""
     return data.StructLayout({"data": signed(8), "index": range(max_entries), "first": 1, "last": 1})
 
 
+def booth_product(coefficient, value):
+    """``coefficient · value`` (both signed 8-bit) as LUT logic, no DSP: radix-4 Booth digits of
+    ``value`` (−2 … 2) select 0, ±c or ±2c; a negative partial product is ``~(d·c)`` plus a 1
+    at its weight. Returns a signed 16-bit expression."""
+    bits = Cat(Const(0, 1), value.as_unsigned())
+    total = 0
+    for digit in range(4):
+        low, mid, high = bits[2 * digit], bits[2 * digit + 1], bits[2 * digit + 2]
+        one = low ^ mid
+        two = (high & ~mid & ~low) | (~high & mid & low)
+        magnitude = Mux(one, coefficient, Mux(two, coefficient << 1, 0)).as_signed()
+        term = Mux(high, ~magnitude, magnitude).as_signed()
+        total = total + (term << (2 * digit)) + (high.as_unsigned() << (2 * digit))
+    return total
+
+
 class Interpolator(wiring.Component):
-    """Walks the decoder's good bank in flat order and streams every weight, dropped ones rebuilt.
+    """Streams every weight of the decoder's good bank in flat order, dropped ones rebuilt,
+    one weight per clock.
 
     Bit-exact with :func:`dynsparse.golden.sparsify.interpolate` (``docs/weightstream.md``,
     *Interpolation*): sent entries pass unchanged; a dropped entry is 0 (``zero``), the
@@ -31,10 +54,17 @@ class Interpolator(wiring.Component):
     neighbours with dropped or off-plane ones as 0 (``learned``). Neighbours never cross a
     plane: a K × K kernel of a 4-D tensor, or the whole matrix.
 
-    Only sent entries are read, never a rebuilt one, so the order does not matter; the block
-    reads the entry, then (if it was dropped and the rule needs them) its neighbours, one
-    read per cycle through the decoder's read port (``rd_addr`` → ``rd_data``/``rd_sent``
-    one cycle later), and offers the weight on ``o_stream``.
+    The planes, stacked, are one raster of rows ``W`` entries wide. The block reads it once,
+    in flat order, one entry per cycle through the decoder's read port (``rd_addr`` →
+    ``rd_data``/``rd_sent`` one cycle later), and keeps the two rows above the entry being
+    read in a line buffer (:attr:`line_entries` words of two 8-bit codes, −128 for a dropped
+    entry), so a 3 × 3 window of codes slides over the raster: an entry is rebuilt when the
+    entry ``W + 1`` after it has been read (for planes of one row, the next entry), with all
+    its neighbours at hand; neighbours outside its plane (another plane's rows, or past a
+    row's ends) are masked by the entry's position ``(y, x)``, which the block counts. The
+    learned rule's eight products are Booth-coded LUT logic (no DSP), pipelined: the first
+    weight leaves :meth:`fill_cycles` after ``start``, then one per clock while ``o_stream``
+    is ready (backpressure at any cycle stalls the whole pipeline).
 
     Parameters
     ----------
@@ -57,6 +87,11 @@ class Interpolator(wiring.Component):
         A pass is running.
     """
 
+    #: Clock edges from ``start`` to the first weight beyond the plane width: the first read,
+    #: its data, the entry that completes the window, three stages (products; their sum;
+    #: rounding, clamp and choice) and the output register.
+    LATENCY = 7
+
     def __init__(self, *, max_entries=2048):
         self._max_entries = check_int("maximum entry count", max_entries, minimum=8, maximum=MAX_ENTRIES)
         super().__init__({
@@ -73,167 +108,186 @@ class Interpolator(wiring.Component):
     def max_entries(self):
         return self._max_entries
 
-    @staticmethod
-    def entry_cycles(sent, method):
-        """Cycles one entry takes with ``o_stream`` always ready: 3 if sent or ``zero``
-        (read, sample, emit), 8 for a dropped entry under ``linear``, 12 under ``learned``
-        (read the entry and its 4 or 8 neighbours, sample the last, compute, emit)."""
-        if sent or method == 0:
-            return 3
-        return 4 + (len(LINEAR_OFFSETS) if method == 1 else len(LEARNED_OFFSETS))
+    @property
+    def line_entries(self):
+        """Words of the line buffer: the power of two at or above ``max_entries // 2``. A plane
+        of two or more rows has ``W ≤ max_entries / 2``, so every such row fits; a plane of
+        one row (up to ``max_entries`` wide) has no rows above or below and does not use the
+        line buffer: the entry being read goes straight into the window's middle row."""
+        return 1 << max(self._max_entries // 2 - 1, 1).bit_length()
+
+    @classmethod
+    def fill_cycles(cls, width, height):
+        """Clock edges from the one that takes ``start`` to the one that takes the first weight
+        (``o_stream`` always ready), for planes ``height × width``: ``LATENCY + W`` (the
+        window must hold entry ``W + 1``, below-right of entry 0), or ``LATENCY`` for planes
+        of one row (the row being read is the window's middle row)."""
+        return cls.LATENCY + (width if height > 1 else 0)
+
+    @classmethod
+    def pass_cycles(cls, entries, width, height):
+        """Clock edges from the one that takes ``start`` to the one that takes the last of
+        ``entries`` weights, ``o_stream`` always ready: one weight per clock after
+        :meth:`fill_cycles`."""
+        return cls.fill_cycles(width, height) + entries - 1
 
     def elaborate(self, platform):
         m = Module()
         ew = self._max_entries.bit_length()
+        tensor = self.tensor
 
+        # the pass: sampled at start
+        running = Signal()
         method = Signal(2)
-        height = Signal(ew)                   # plane height and width
-        width = Signal(ew)
-        entries = Signal(ew)
+        x_last = Signal(ew)                   # W − 1, H − 1
+        y_last = Signal(16)
+        entries_last = Signal(ew)             # N − 1
+        items_last = Signal(ew + 1)           # N + W (N for one-row planes): the last raster entry read;
+                                              # the ones past N − 1 only flush the window
+        one_row = Signal()                    # planes of one row: the entry being read is the window's middle row
         coefficients = Signal(data.ArrayLayout(signed(8), 8))
         shift = Signal(4)
 
-        entry = Signal(ew + 1)                # flat index of the entry being rebuilt
-        y = Signal(ew)
+        out_valid = Signal()
+        advance = Signal()                    # every stage moves on (a global stall while the output waits)
+        m.d.comb += [advance.eq(~out_valid | self.o_stream.ready), self.busy.eq(running)]
+
+        # A: the read issued this cycle
+        item = Signal(ew + 1)                 # raster index 0 … N + W
+        item_x = Signal(ew)                   # its column
+        lag = Signal(ew + 1)                  # items still to read before the first one that completes a window
+        issuing = Signal()
+        m.d.comb += [issuing.eq(running & (item <= items_last)),
+                     self.rd_addr.eq(Mux(item <= entries_last, item, 0))]
+
+        line = Memory(shape=16, depth=self.line_entries, init=[])    # [7:0] the row above, [15:8] two rows above
+        m.submodules.line = line
+        line_w = line.write_port()
+        line_r = line.read_port(transparent_for=(line_w,))
+        m.d.comb += line_r.addr.eq(item_x)
+
+        # B: the read's data (held while the pipeline stalls), shifted into the window
+        b_valid = Signal()
+        b_out = Signal()                      # its window completes an entry's neighbourhood
+        b_x = Signal(ew)
+        fresh = Signal()
+        held = Signal(24)
+        m.d.sync += fresh.eq(advance)
+        arrived = Signal(24)
+        m.d.comb += arrived.eq(Mux(fresh, Cat(Mux(self.rd_sent, self.rd_data, DROPPED), line_r.data), held))
+        with m.If(fresh):
+            m.d.sync += held.eq(arrived)
+        code_in = arrived[:8].as_signed()
+        above = arrived[8:16].as_signed()
+        above2 = arrived[16:24].as_signed()
+        m.d.comb += [line_w.addr.eq(b_x), line_w.data.eq(Cat(code_in, above)),
+                     line_w.en.eq(advance & b_valid)]
+
+        # the window: rows top (y − 1), middle (y), bottom (y + 1); columns left, centre, right
+        window = [[Signal(signed(8), name=f"window_{row}_{col}") for col in range(3)] for row in range(3)]
+
+        with m.If(advance):
+            m.d.sync += [b_valid.eq(issuing), b_out.eq(lag == 0), b_x.eq(item_x)]
+            with m.If(issuing):
+                m.d.sync += [item.eq(item + 1), item_x.eq(Mux(item_x == x_last, 0, item_x + 1))]
+                with m.If(lag != 0):
+                    m.d.sync += lag.eq(lag - 1)
+            with m.If(b_valid):
+                for row, code in enumerate((above2, Mux(one_row, code_in, above), code_in)):
+                    m.d.sync += [window[row][0].eq(window[row][1]), window[row][1].eq(window[row][2]),
+                                 window[row][2].eq(code)]
+
+        # C: the window holds entry (y, x) of its plane and its neighbours
+        c_valid = Signal()
+        y = Signal(16)
         x = Signal(ew)
+        inside_up, inside_down = y != 0, y != y_last
+        inside_left, inside_right = x != 0, x != x_last
 
-        slot = Signal(4)                      # read slot issued this cycle: 0 = the entry, 1 … = neighbours
-        slots = Mux(method == 1, 1 + len(LINEAR_OFFSETS), 1 + len(LEARNED_OFFSETS))
-        centre_value = Signal(signed(8))
-        centre_sent = Signal()
-        near_value = Signal(data.ArrayLayout(signed(8), 4))   # linear: left, right, up, down (0 if not sent)
-        near_sent = Signal(4)
-        accumulator = Signal(signed(20))      # learned: |Σ| ≤ 8·127·127 < 2^17
-        result = Signal(signed(8))
+        def neighbour(dy, dx):
+            """(value or 0, sent and inside the plane) of neighbour (dy, dx)."""
+            code = window[1 + dy][1 + dx]
+            inside = code != DROPPED
+            if dy < 0:
+                inside &= inside_up
+            if dy > 0:
+                inside &= inside_down
+            if dx < 0:
+                inside &= inside_left
+            if dx > 0:
+                inside &= inside_right
+            value = Signal(signed(8), name=f"near_{dy + 1}_{dx + 1}")
+            sent = Signal(name=f"near_sent_{dy + 1}_{dx + 1}")
+            m.d.comb += [sent.eq(inside), value.eq(Mux(inside, code, 0))]
+            return value, sent
 
-        def neighbour(offsets):
-            """(address, inside the plane) of each neighbour offset of the current entry."""
-            out = []
-            for dy, dx in offsets:
-                inside = Const(1)
-                if dy < 0:
-                    inside &= y >= -dy
-                if dy > 0:
-                    inside &= y + dy < height
-                if dx < 0:
-                    inside &= x >= -dx
-                if dx > 0:
-                    inside &= x + dx < width
-                out.append((entry + dy * width + dx if dy else entry + dx, inside))
-            return out
+        (left, left_sent), (right, right_sent), (up, up_sent), (down, down_sent) = (
+            neighbour(dy, dx) for dy, dx in LINEAR_OFFSETS)
+        h_sum = left + right
+        v_sum = up + down
+        linear_guess = Mux(left_sent & right_sent, (h_sum + 1) >> 1,
+                           Mux(left_sent | right_sent, h_sum,
+                               Mux(up_sent & down_sent, (v_sum + 1) >> 1, Mux(up_sent | down_sent, v_sum, 0))))
 
-        linear = neighbour(LINEAR_OFFSETS)
-        learned = neighbour(LEARNED_OFFSETS)
+        # D: the eight products, the linear guess, the centre
+        d_valid = Signal()
+        products = [Signal(signed(16), name=f"product_{j}") for j in range(len(LEARNED_OFFSETS))]
+        d_linear = Signal(signed(8))
+        d_centre = Signal(signed(8))
+        # E: the learned sum (|Σ| ≤ 8·128·127 < 2^17)
+        e_valid = Signal()
+        total = Signal(signed(18))
+        e_linear = Signal(signed(8))
+        e_centre = Signal(signed(8))
 
-        # address of the slot issued this cycle, and whether its neighbour is inside the plane
-        issue_addr = Signal(ew + 2)
-        with m.Switch(slot):
-            with m.Case(0):
-                m.d.comb += issue_addr.eq(entry)
-            for number in range(len(LEARNED_OFFSETS)):
-                with m.Case(number + 1):
-                    if number < len(LINEAR_OFFSETS):
-                        m.d.comb += issue_addr.eq(Mux(method == 1, linear[number][0], learned[number][0]))
-                    else:
-                        m.d.comb += issue_addr.eq(learned[number][0])
-        m.d.comb += self.rd_addr.eq(issue_addr)
-        issued_inside = Signal(len(LEARNED_OFFSETS) + 1)       # per slot, registered when issued
-        returned = Signal(4)                                   # slot whose data is on rd_data now
-        inside_now = Signal()
-        with m.Switch(slot):
-            with m.Case(0):
-                m.d.comb += inside_now.eq(1)
-            for number in range(len(LEARNED_OFFSETS)):
-                with m.Case(number + 1):
-                    if number < len(LINEAR_OFFSETS):
-                        m.d.comb += inside_now.eq(Mux(method == 1, linear[number][1], learned[number][1]))
-                    else:
-                        m.d.comb += inside_now.eq(learned[number][1])
-        returned_inside = Signal()
-
-        sampled = Mux(returned_inside & self.rd_sent, self.rd_data, 0)      # 0 when dropped or off-plane
-        # c·v as shift-and-add over the coefficient's bits (two's complement: the top bit weighs
-        # −128), LUT logic: the block's one product stays out of the DSPs, which the decoder needs
-        coefficient = Signal(signed(8))
-        m.d.comb += coefficient.eq(coefficients[(returned - 1)[:3]])
-        term = Signal(signed(17))
-        partials = [Mux(coefficient[bit], sampled << bit, 0) for bit in range(7)]
-        m.d.comb += term.eq(sum(partials) - Mux(coefficient[7], sampled << 7, 0))
-
-        # the linear rule
-        horizontal = near_sent[0] + near_sent[1]
-        vertical = near_sent[2] + near_sent[3]
-        h_sum = near_value[0] + near_value[1]
-        v_sum = near_value[2] + near_value[3]
-        linear_guess = Mux(horizontal == 2, (h_sum + 1) >> 1,
-                           Mux(horizontal == 1, h_sum,
-                               Mux(vertical == 2, (v_sum + 1) >> 1, Mux(vertical == 1, v_sum, 0))))
-        # the learned rule
-        half = (Const(1, 17) << shift) >> 1                 # 2^(s-1), 0 when s = 0
-        rounded = Signal(signed(20))
-        m.d.comb += rounded.eq((accumulator + half) >> shift)
+        half = (Const(1, 16) << shift) >> 1                 # 2^(s-1), 0 when s = 0
+        rounded = Signal(signed(18))
+        m.d.comb += rounded.eq((total + half) >> shift)
         learned_guess = Mux(rounded > 127, 127, Mux(rounded < -127, -127, rounded))
+        guess = Mux(method == 1, e_linear, Mux(method == 2, learned_guess, 0))
 
+        # F: the output register
         payload = self.o_stream.payload
-        m.d.comb += [payload.data.eq(result), payload.index.eq(entry),
-                     payload.first.eq(entry == 0), payload.last.eq(entry + 1 == entries)]
-        tensor = self.tensor
+        result = Signal(signed(8))
+        index = Signal(range(self._max_entries))
+        m.d.comb += [self.o_stream.valid.eq(out_valid), payload.data.eq(result), payload.index.eq(index),
+                     payload.first.eq(index == 0), payload.last.eq(index == entries_last)]
 
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [
-                        method.eq(tensor.interpolation),
-                        height.eq(Mux(tensor.ndim == 4, tensor.dims[2], tensor.rows)),
-                        width.eq(Mux(tensor.ndim == 4, tensor.dims[3], tensor.cols)),
-                        entries.eq(tensor.entries),
-                        coefficients.eq(tensor.coefficients),
-                        shift.eq(tensor.shift),
-                        entry.eq(0), y.eq(0), x.eq(0), slot.eq(0),
-                    ]
-                    with m.If(tensor.entries != 0):
-                        m.next = "READ"
+        with m.If(advance):
+            m.d.sync += [c_valid.eq(b_valid & b_out), d_valid.eq(c_valid), e_valid.eq(d_valid),
+                         out_valid.eq(e_valid)]
+            with m.If(c_valid):
+                m.d.sync += x.eq(Mux(x == x_last, 0, x + 1))
+                with m.If(x == x_last):
+                    m.d.sync += y.eq(Mux(y == y_last, 0, y + 1))
+            m.d.sync += [d_linear.eq(linear_guess), d_centre.eq(window[1][1])]
+            for j, (dy, dx) in enumerate(LEARNED_OFFSETS):
+                value, _ = neighbour(dy, dx)
+                m.d.sync += products[j].eq(booth_product(coefficients[j], value))
+            m.d.sync += [total.eq(sum(products)), e_linear.eq(d_linear), e_centre.eq(d_centre)]
+            m.d.sync += result.eq(Mux(e_centre != DROPPED, e_centre, guess))
+        with m.If(out_valid & self.o_stream.ready):
+            m.d.sync += index.eq(index + 1)
+            with m.If(index == entries_last):
+                m.d.sync += running.eq(0)
 
-            with m.State("READ"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [slot.eq(slot + 1), returned.eq(slot), returned_inside.eq(inside_now)]
-                with m.If(slot == 0):
-                    m.d.sync += [accumulator.eq(0), near_sent.eq(0), near_value.eq(0)]
-                with m.Else():
-                    # rd_data holds the slot issued in the previous cycle (`returned`)
-                    with m.If(returned == 0):
-                        m.d.sync += [centre_value.eq(self.rd_data), centre_sent.eq(self.rd_sent)]
-                        with m.If(self.rd_sent | (method == 0)):
-                            m.d.sync += result.eq(Mux(self.rd_sent, self.rd_data, 0))
-                            m.next = "EMIT"
-                    with m.Else():
-                        with m.If(method == 1):
-                            for number in range(len(LINEAR_OFFSETS)):
-                                with m.If(returned == number + 1):
-                                    m.d.sync += [near_value[number].eq(sampled),
-                                                 near_sent[number].eq(returned_inside & self.rd_sent)]
-                        with m.Else():
-                            m.d.sync += accumulator.eq(accumulator + term)
-                        with m.If(returned == slots - 1):
-                            m.next = "FINISH"
-
-            with m.State("FINISH"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += result.eq(Mux(method == 1, linear_guess, learned_guess))
-                m.next = "EMIT"
-
-            with m.State("EMIT"):
-                m.d.comb += [self.busy.eq(1), self.o_stream.valid.eq(1)]
-                with m.If(self.o_stream.ready):
-                    m.d.sync += [entry.eq(entry + 1), slot.eq(0)]
-                    with m.If(x + 1 == width):
-                        m.d.sync += x.eq(0)
-                        m.d.sync += y.eq(Mux(y + 1 == height, 0, y + 1))
-                    with m.Else():
-                        m.d.sync += x.eq(x + 1)
-                    with m.If(entry + 1 == entries):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "READ"
+        with m.If(~running & self.start & (tensor.entries != 0)):
+            four = tensor.ndim == 4
+            plane_width = Mux(four, tensor.dims[3], tensor.cols)
+            plane_height = Mux(four, tensor.dims[2], tensor.rows)
+            single = plane_height == 1
+            m.d.sync += [
+                running.eq(1),
+                method.eq(tensor.interpolation),
+                x_last.eq(plane_width - 1),
+                y_last.eq(plane_height - 1),
+                entries_last.eq(tensor.entries - 1),
+                items_last.eq(tensor.entries + Mux(single, 0, plane_width)),
+                one_row.eq(single),
+                coefficients.eq(tensor.coefficients),
+                shift.eq(tensor.shift),
+                item.eq(0), item_x.eq(0), lag.eq(Mux(single, 1, plane_width + 1)),
+                y.eq(0), x.eq(0), index.eq(0),
+            ]
 
         return m

@@ -2,8 +2,10 @@
 
 Good streams of every encoding × interpolation (and a corrupted one after each) are sent
 back to back, so the decoder works on the next stream while the interpolator streams the
-previous tensor; the weights are collected under each output stall pattern and compared
-with the golden reconstruction, and nothing more may come out.
+previous tensor; then tensors at the interpolator's line-buffer limit (two rows of
+``max_entries // 2``, one row of ``max_entries``). The weights are collected under each
+output stall pattern and compared with the golden reconstruction, and nothing more may
+come out.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from dynsparse.golden.sparsify import reconstruct
 from dynsparse.golden.weightstream import StreamError, parse_stream
 from dynsparse.hdl.reconstructor import WeightReconstructor
-from dynsparse.sim.maskdecoder_io import corrupt, decoder_result, random_tensor_stream
+from dynsparse.sim.maskdecoder_io import corrupt, decoder_result, random_tensor_stream, tensor_stream
 from dynsparse.sim.packing import unpack
 from dynsparse.sim.stalls import STALL_PATTERNS
 from dynsparse.sim.tb.streams import TB, StreamSink, StreamSource, params
@@ -42,6 +44,11 @@ async def weights_under_stalls(dut, sink):
             streams.append(bad)
             if decoder_result(bad, MAX_ENTRIES)[0] == StreamError.OK:
                 good.append(reconstruct(parse_stream(bad)).ravel())
+    for shape in ((2, MAX_ENTRIES // 2), (1, MAX_ENTRIES)):
+        for interpolation in ("linear", "learned"):
+            data = tensor_stream(rng.integers(-127, 128, shape), rng.random(shape) < 0.3, "bitmask", interpolation, rng)
+            streams.append(data)
+            good.append(reconstruct(parse_stream(data)).ravel())
     words = [byte | (position == len(data) - 1) << 8 for data in streams for position, byte in enumerate(data)]
     tb = TB(dut)
     source = StreamSource(dut, "i_stream", tb.clock)
