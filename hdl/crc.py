@@ -13,14 +13,19 @@ from functools import lru_cache, reduce
 from amaranth.hdl import Cat, Value
 
 
-__all__ = ["CRC32_POLY", "CRC32_INIT", "CRC32_XOR_OUT", "crc32_update_byte", "crc32_byte_terms",
-           "crc32_next"]
+__all__ = ["CRC32_POLY", "CRC32_INIT", "CRC32_XOR_OUT", "CRC32_RESIDUE", "crc32_update_byte",
+           "crc32_byte_terms", "crc32_next"]
 
 #: The reflected IEEE 802.3 polynomial (0x04C11DB7 bit-reversed).
 CRC32_POLY = 0xEDB88320
 #: Register value before the first byte, and the value XORed into the register at the end.
 CRC32_INIT = 0xFFFFFFFF
 CRC32_XOR_OUT = 0xFFFFFFFF
+#: Register value after a message followed by its own CRC (4 bytes, little-endian): the same for
+#: every message, and reached only when those 4 bytes are the message's CRC (the register update
+#: is a bijection of the last 4 bytes). A receiver can run the register over the stored CRC too
+#: and compare with this constant instead of capturing the stored bytes.
+CRC32_RESIDUE = 0xDEBB20E3
 
 
 def crc32_update_byte(register, byte):

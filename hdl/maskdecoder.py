@@ -1,12 +1,15 @@
 """MaskDecoder: parse and check a compressed weight stream, rebuild the tensor in a double buffer."""
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..golden.weightstream import MAGIC, MAX_ENTRIES, VERSION, StreamError
-from .crc import CRC32_INIT, CRC32_XOR_OUT, crc32_next
+from .crc import CRC32_INIT, CRC32_RESIDUE, crc32_next
 from .frame import check_int
 
 
@@ -71,8 +74,8 @@ class MaskDecoder(wiring.Component):
     -------
     i_stream : In(stream.Signature(byte_layout))
         The stream bytes. ``ready`` is high except for the cycles listed in the docs
-        (two before an index or bitmask value section, one before other value sections,
-        one at the end, and the clear).
+        (two before a bitmask value section, three before CSR/CSC indices, one before RLE
+        and three before CSR/CSC values, two at the end, and the clear).
     rd_addr : In(range(max_entries))
         Consumer read port on the good bank: entry (flat index of the matrix view).
     rd_data : Out(signed(8))
@@ -136,21 +139,24 @@ class MaskDecoder(wiring.Component):
         list_width = max(2 * ew, words.bit_length() + 8)
 
         # --- memories -------------------------------------------------------------------------
-        values = [Memory(shape=8, depth=max_entries, init=[]) for _ in range(2)]
-        masks = [Memory(shape=8, depth=words, init=[]) for _ in range(2)]
+        # both banks in one memory each, the bank the top address bit: no bank multiplexer
+        # behind a read port
+        entry_bits = (max_entries - 1).bit_length()
+        word_bits = max(words - 1, 1).bit_length()
+        values = Memory(shape=8, depth=2 << entry_bits, init=[])
+        masks = Memory(shape=8, depth=2 << word_bits, init=[])
         # compact list: bitmask -> (word, mask byte) of the nonzero mask bytes;
         # CSR/CSC -> (major index, end pointer) of the nonempty rows/columns
         items = Memory(shape=list_width, depth=max_entries, init=[])
         positions = Memory(shape=range(max_entries), depth=max_entries, init=[])
-        for bank in range(2):
-            m.submodules[f"values{bank}"] = values[bank]
-            m.submodules[f"mask{bank}"] = masks[bank]
+        m.submodules.values = values
+        m.submodules.masks = masks
         m.submodules.items = items
         m.submodules.positions = positions
-        value_w = [mem.write_port() for mem in values]
-        value_r = [mem.read_port() for mem in values]
-        mask_w = [mem.write_port() for mem in masks]
-        mask_r = [mem.read_port() for mem in masks]
+        value_w, value_r = values.write_port(), values.read_port()
+        mask_w = masks.write_port()
+        mask_r = masks.read_port()                         # the consumer's, on the good bank
+        mask_rmw = masks.read_port()                       # read-modify-write, on the work bank
         items_w, items_r = items.write_port(), items.read_port()
         pos_w, pos_r = positions.write_port(), positions.read_port()
 
@@ -164,16 +170,18 @@ class MaskDecoder(wiring.Component):
         stream_bound = 9 * max_entries + 52
         count_width = stream_bound.bit_length() + 1
         count = Signal(count_width)                       # bytes received in this stream (saturating)
+        # CRC-32 register over every byte of the stream, the stored CRC included: for a stream of
+        # exactly 32 + L + 4 bytes it ends at CRC32_RESIDUE if and only if the stored CRC matches
         crc = Signal(32, init=CRC32_INIT)
-        stored_crc = Signal(32)
         magic_bad = Signal()
+        header_last = Signal()                            # count == 31
         version_bad = Signal()
         header_bad = Signal()
         length_bad = Signal()
-        header_ok = Signal()                              # header checked and good: total is known
         fault = Signal(4)                                 # first structural fault (0 = none)
         timed_out = Signal()
         idle = Signal(range(self._timeout_cycles + 1))
+        code = Signal(4)                                  # the decision, registered in CHECK
 
         # header fields
         encoding = Signal(8)
@@ -187,7 +195,11 @@ class MaskDecoder(wiring.Component):
         kept = Signal(32)
         length = Signal(32)
         total = Signal(count_width)                       # 32 + L + 4 (used only when the header is good)
-        # derived from the header (registered; settled long before byte 31)
+        # Derived from the header: a chain of registers, one adder or multiplier each, that
+        # settles while bytes 20 … 30 arrive (at most 10 stages after dims, 8 after kept).
+        is_bitmask, is_rle, is_csr, is_learned = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [is_bitmask.eq(encoding == 0), is_rle.eq(encoding == 1), is_csr.eq(encoding == 2),
+                     is_learned.eq(interpolation == 2)]
         p23 = Signal(32)
         cols_full = Signal(48)
         cols = Signal(25)
@@ -195,15 +207,27 @@ class MaskDecoder(wiring.Component):
         entries = Signal(25)
         too_big = Signal()
         rle_gap_entries = Signal(25)
+        div_high = Signal(50)
+        div_low = Signal(34)
         rle_escape_max = Signal(25)
         pw_shift = Signal(2)                              # pointer width: 1 << pw_shift bytes
         csr_iw_shift = Signal(2)
         csc_iw_shift = Signal(2)
-        predictor_bytes = Signal(4)
+        iw_shift = Signal(2)
+        fixed = Signal(33)                                # P + k
+        fixed4 = Signal(33)                               # P + 4 + k
+        mask_bytes = Signal(22)                           # ceil(N / 8)
+        pointer_bytes = Signal(28)                        # (major + 1) << pw_shift
+        index_bytes = Signal(35)                          # k << iw_shift
+        csx_bytes = Signal(36)
         expected_length = Signal(36)
         rle_low = Signal(36)
         rle_high = Signal(36)
         rle_codes_expected = Signal(36)
+        fields_bad = Signal()
+        kept_last = Signal(32)                            # k − 1: the last value's index
+        major_count = Mux(is_csr, dims[0], cols)          # pointers: major_count + 1
+        minor_count = Mux(is_csr, cols, dims[0])
         m.d.sync += [
             p23.eq(dims[2] * dims[3]),
             cols_full.eq(dims[1] * p23),
@@ -212,31 +236,31 @@ class MaskDecoder(wiring.Component):
             too_big.eq((cols_full > MAX_ENTRIES) | (entries_full > MAX_ENTRIES)),
             entries.eq(entries_full),
             rle_gap_entries.eq(entries - kept),
-            # x * 0x01010102 as four shifted copies: no multiplier for a constant
-            rle_escape_max.eq(((rle_gap_entries << 24) + (rle_gap_entries << 16) + (rle_gap_entries << 8)
-                               + (rle_gap_entries << 1)) >> 32),
+            # x * 0x01010102 as four shifted copies, two additions a stage: no multiplier
+            div_high.eq((rle_gap_entries << 24) + (rle_gap_entries << 16)),
+            div_low.eq((rle_gap_entries << 8) + (rle_gap_entries << 1)),
+            rle_escape_max.eq((div_high + div_low) >> 32),
             pw_shift.eq(_width_shift(kept)),
             csr_iw_shift.eq(_width_shift(cols - 1)),
             csc_iw_shift.eq(_width_shift(dims[0] - 1)),
-            predictor_bytes.eq(Mux(interpolation == 2, 12, 0)),
+            iw_shift.eq(Mux(is_csr, csr_iw_shift, csc_iw_shift)),
+            fixed.eq(Mux(is_learned, 12, 0) + kept),
+            kept_last.eq(kept - 1),
+            fixed4.eq(Mux(is_learned, 16, 4) + kept),
+            mask_bytes.eq((entries + 7) >> 3),
+            pointer_bytes.eq((major_count + 1) << pw_shift),
+            index_bytes.eq(kept << iw_shift),
+            csx_bytes.eq(pointer_bytes + index_bytes),
+            expected_length.eq(fixed + Mux(is_bitmask, mask_bytes, csx_bytes)),
+            rle_low.eq(fixed4 + kept),
+            rle_high.eq(rle_low + rle_escape_max),
+            rle_codes_expected.eq(length - fixed4),
+            fields_bad.eq((encoding > 3) | (value_bits != 8) | (interpolation > 2) |
+                          ~((ndim == 2) | (ndim == 4)) | (criterion > 3) | (selection > 3) | (reserved != 0) |
+                          (dims[0] == 0) | (dims[1] == 0) | (dims[2] == 0) | (dims[3] == 0) |
+                          Mux(ndim == 2, (dims[2] != 1) | (dims[3] != 1), dims[2] != dims[3]) |
+                          too_big | (entries > max_entries) | (kept > entries)),
         ]
-        fixed = predictor_bytes + kept
-        with m.Switch(encoding):
-            with m.Case(0):
-                m.d.sync += expected_length.eq(fixed + ((entries + 7) >> 3))
-            with m.Case(2):
-                m.d.sync += expected_length.eq(fixed + ((dims[0] + 1) << pw_shift) + (kept << csr_iw_shift))
-            with m.Default():
-                m.d.sync += expected_length.eq(fixed + ((cols + 1) << pw_shift) + (kept << csc_iw_shift))
-        m.d.sync += [
-            rle_low.eq(fixed + 4 + kept),
-            rle_high.eq(fixed + 4 + kept + rle_escape_max),
-            rle_codes_expected.eq(length - predictor_bytes - 4 - kept),
-        ]
-        is_bitmask, is_rle, is_csr = encoding == 0, encoding == 1, encoding == 2
-        major_count = Mux(is_csr, dims[0], cols)          # pointers: major_count + 1
-        minor_count = Mux(is_csr, cols, dims[0])
-        iw_shift = Mux(is_csr, csr_iw_shift, csc_iw_shift)
 
         # tensor of the good bank
         coefficients = Signal(64)
@@ -248,7 +272,7 @@ class MaskDecoder(wiring.Component):
         extent = [Signal(range(words + 1), name=f"extent{bank}", init=words) for bank in range(2)]
 
         # --- the byte handshake ---------------------------------------------------------------
-        accepting = Signal()
+        accepting = Signal()                              # registered with the FSM's next state
         m.d.comb += self.i_stream.ready.eq(accepting)
         take = accepting & self.i_stream.valid
         byte = self.i_stream.payload.data
@@ -257,49 +281,84 @@ class MaskDecoder(wiring.Component):
 
         # --- walk state -----------------------------------------------------------------------
         section_left = Signal(count_width)                # bytes left in the current section
+        section_one = Signal()                            # section_left == 1
         field = Signal(32)                                # multi-byte field being assembled
         field_byte = Signal(2)
         index = Signal(ew + 1)                            # entry / pointer / mask byte / predictor byte
         list_count = Signal(range(max_entries + 1))       # items written
         item = Signal(range(max_entries + 1))             # items consumed
         item_major = Signal(ew)
-        item_end = Signal(ew)
+        item_last = Signal(ew)                            # the item's end pointer − 1
         item_bits = Signal(8)
-        previous = Signal(33)                             # previous pointer or index
+        # Pointers and indices are checked as ew + 1 bits, a larger value saturated to all ones:
+        # above any kept count or minor dimension, which keeps every comparison's outcome
+        value_width = ew + 1
+        pointer_previous = Signal(value_width)
+        index_previous = Signal(value_width)
         line_first = Signal()                             # next index opens its row/column
         first_bad = Signal()
+        predictor_bad = Signal()
         decreasing = Signal()
         population = Signal(range(max_entries + 1))
-        position = Signal(26)                             # RLE: entries walked (saturates at N + 1)
-        past_end = Signal()
+        # RLE: entries walked (skips plus values); no saturation, wide enough for every code
+        # of the longest stream at 256 entries each
+        position = Signal(count_width + 8)
         value_codes = Signal(count_width)                 # RLE value codes so far (<= C <= L)
+        no_codes = Signal()                               # RLE: the code count is 0
         rle_codes = Signal(32)
         prefill = Signal()
         clear_word = Signal(range(words + 1))
 
+        # Deferred checks: a byte's operands are registered with it and checked the next cycle
+        # (the FSM goes on meanwhile; a fault stops the walk the cycle after it is recorded).
+        check_predictor = Signal()                        # the last predictor byte was taken, and is bad
+        check_mask = Signal()                             # the last mask byte was taken
+        check_padding = Signal()
+        check_count = Signal()                            # the RLE code count was taken
+        check_codes = Signal()                            # the last RLE code was taken
+        check_escape = Signal()
+        check_pointer = Signal()                          # a pointer was completed
+        check_pointer_value = Signal(value_width)
+        check_pointer_first = Signal()
+        check_pointer_last = Signal()
+        check_pointer_major = Signal(ew)
+        check_index = Signal()                            # an index was completed
+        check_index_value = Signal(value_width)
+        check_index_row = Signal(16)
+        check_index_col = Signal(25)
+        check_index_first = Signal()
+        check_index_entry = Signal(ew + 1)
+        m.d.sync += [check_predictor.eq(0), check_mask.eq(0), check_count.eq(0), check_codes.eq(0), check_pointer.eq(0),
+                     check_index.eq(0)]
+        found = Signal(4)                                 # a fault the deferred checks found last cycle
+        abort = Signal()                                  # stop walking: the stream is bad
+
         items_advance = Signal()
         items_addr_override = Signal()
         m.d.comb += items_r.addr.eq(Mux(items_addr_override, 0, Mux(items_advance, item + 2, item + 1)))
-        item_data = data.View(data.StructLayout({"major": ew, "end": ew}), items_r.data)
+        item_data = data.View(data.StructLayout({"major": ew, "last": ew}), items_r.data)
         item_word = data.View(data.StructLayout({"word": list_width - 8, "bits": 8}), items_r.data)
 
         pos_advance = Signal()
         m.d.comb += pos_r.addr.eq(Mux(pos_advance, index + 1, index))
 
-        # value writes (work bank)
+        # value writes (work bank), registered: the position may come straight from a memory
         write_value = Signal()
         write_pos = Signal(26)
-        for bank in range(2):
-            m.d.comb += [
-                value_w[bank].addr.eq(write_pos),
-                value_w[bank].data.eq(byte),
-                value_w[bank].en.eq(write_value & (work == bank) & (write_pos < entries)),
-            ]
+        value_we = Signal()
+        value_addr = Signal(26)
+        value_data = Signal(8)
+        m.d.sync += [value_we.eq(write_value), value_addr.eq(write_pos), value_data.eq(byte)]
+        m.d.comb += [
+            value_w.addr.eq(Cat(value_addr[:entry_bits], work)),
+            value_w.data.eq(value_data),
+            value_w.en.eq(value_we & (value_addr < entries)),
+        ]
 
         # mask writes: direct (bitmask), read-modify-write (other encodings), clear
         mask_direct = Signal()
         mask_direct_word = Signal(range(words))
-        set_bit = Signal()
+        set_bit = Signal()                                # set_pos is a sent entry, inside the tensor
         set_pos = Signal(26)
         clearing = Signal()
         rmw_valid = Signal()
@@ -308,56 +367,51 @@ class MaskDecoder(wiring.Component):
         forward_valid = Signal()
         forward_word = Signal(range(words))
         forward_data = Signal(8)
-        set_in_range = set_bit & (set_pos < entries)
         m.d.sync += [
-            rmw_valid.eq(set_in_range),
+            rmw_valid.eq(set_bit),
             rmw_word.eq(set_pos >> 3),
             rmw_bit.eq(set_pos[:3]),
         ]
-        rmw_old = Mux(forward_valid & (forward_word == rmw_word), forward_data,
-                      Mux(work, mask_r[1].data, mask_r[0].data))
+        rmw_old = Mux(forward_valid & (forward_word == rmw_word), forward_data, mask_rmw.data)
         rmw_new = rmw_old | (1 << rmw_bit)[:8]
         m.d.sync += [
             forward_valid.eq(rmw_valid),
             forward_word.eq(rmw_word),
             forward_data.eq(rmw_new),
         ]
-        for bank in range(2):
-            mine = work == bank
-            with m.If(mine & clearing):
-                m.d.comb += [mask_w[bank].addr.eq(clear_word), mask_w[bank].data.eq(0), mask_w[bank].en.eq(1)]
-            with m.Elif(mine & mask_direct):
-                m.d.comb += [mask_w[bank].addr.eq(mask_direct_word), mask_w[bank].data.eq(byte),
-                             mask_w[bank].en.eq(1)]
-            with m.Elif(mine & rmw_valid):
-                m.d.comb += [mask_w[bank].addr.eq(rmw_word), mask_w[bank].data.eq(rmw_new),
-                             mask_w[bank].en.eq(1)]
-            m.d.comb += mask_r[bank].addr.eq(Mux(mine, set_pos >> 3, self.rd_addr >> 3))
-            m.d.comb += value_r[bank].addr.eq(self.rd_addr)
+        with m.If(clearing):
+            m.d.comb += [mask_w.addr.eq(Cat(clear_word[:word_bits], work)), mask_w.data.eq(0), mask_w.en.eq(1)]
+        with m.Elif(mask_direct):
+            m.d.comb += [mask_w.addr.eq(Cat(mask_direct_word[:word_bits], work)), mask_w.data.eq(byte),
+                         mask_w.en.eq(1)]
+        with m.Elif(rmw_valid):
+            m.d.comb += [mask_w.addr.eq(Cat(rmw_word[:word_bits], work)), mask_w.data.eq(rmw_new),
+                         mask_w.en.eq(1)]
+        m.d.comb += [
+            mask_rmw.addr.eq(Cat((set_pos >> 3)[:word_bits], work)),
+            mask_r.addr.eq(Cat((self.rd_addr >> 3)[:word_bits], good)),
+            value_r.addr.eq(Cat(self.rd_addr[:entry_bits], good)),
+        ]
 
         # consumer read port
-        read_bank = Signal()
         read_bit = Signal(3)
-        m.d.sync += [read_bank.eq(good), read_bit.eq(self.rd_addr[:3])]
-        sent = Mux(read_bank, mask_r[1].data, mask_r[0].data).bit_select(read_bit, 1)
+        m.d.sync += read_bit.eq(self.rd_addr[:3])
+        sent = mask_r.data.bit_select(read_bit, 1)
         m.d.comb += [
             self.rd_sent.eq(sent),
-            self.rd_data.eq(Mux(sent, Mux(read_bank, value_r[1].data, value_r[0].data), 0)),
+            self.rd_data.eq(Mux(sent, value_r.data, 0)),
         ]
 
         # --- per-byte checks common to every state ----------------------------------------------
         m.d.sync += self.done.eq(0)
         with m.If(take):
-            m.d.sync += count.eq(Mux(count == (1 << count_width) - 1, count, count + 1))
+            m.d.sync += [count.eq(Mux(count == (1 << count_width) - 1, count, count + 1)),
+                         crc.eq(crc32_next(crc, byte)), header_last.eq(count == 30)]
             with m.If(count < 4):
                 magic_byte = Const(int.from_bytes(MAGIC, "little"), 32).word_select(count[:2], 8)
                 m.d.sync += magic_bad.eq(magic_bad | (byte != magic_byte))
             with m.If(count == 4):
                 m.d.sync += version_bad.eq(byte != VERSION)
-            with m.If((count < 32) | (header_ok & (count < total - 4))):
-                m.d.sync += crc.eq(crc32_next(crc, byte))
-            with m.If(header_ok & (count >= total - 4) & (count < total)):
-                m.d.sync += stored_crc.eq(Cat(stored_crc[8:], byte))
             with m.Switch(count):
                 for offset, target in ((5, encoding), (6, value_bits), (7, interpolation), (8, ndim),
                                        (9, criterion), (10, selection), (11, reserved)):
@@ -374,38 +428,34 @@ class MaskDecoder(wiring.Component):
                     with m.Case(offset):
                         m.d.sync += length.word_select(offset - 28, 8).eq(byte)
 
-        # header verdict at byte 31
+        # header verdict at byte 31: the field checks are registered (fields_bad); only the length
+        # check needs this byte, and it goes straight into length_bad (the walk stops a cycle later)
         length_full = Cat(length[:24], byte)
-        bad_fields = ((encoding > 3) | (value_bits != 8) | (interpolation > 2) |
-                      ~((ndim == 2) | (ndim == 4)) | (criterion > 3) | (selection > 3) | (reserved != 0) |
-                      (dims[0] == 0) | (dims[1] == 0) | (dims[2] == 0) | (dims[3] == 0) |
-                      Mux(ndim == 2, (dims[2] != 1) | (dims[3] != 1), dims[2] != dims[3]) |
-                      too_big | (entries > max_entries) | (kept > entries))
         bad_length = Mux(is_rle, (length_full < rle_low) | (length_full > rle_high),
                          length_full != expected_length)
 
-        # --- the decision -----------------------------------------------------------------------
-        code = Signal(4)
+        # --- the decision (registered in CHECK, acted on in DECIDE) ---------------------------------
+        decision = Signal(4)
         with m.If(magic_bad):
-            m.d.comb += code.eq(StreamError.BAD_MAGIC)
+            m.d.comb += decision.eq(StreamError.BAD_MAGIC)
         with m.Elif(count < 5):
-            m.d.comb += code.eq(StreamError.TRUNCATED)
+            m.d.comb += decision.eq(StreamError.TRUNCATED)
         with m.Elif(version_bad):
-            m.d.comb += code.eq(StreamError.BAD_VERSION)
+            m.d.comb += decision.eq(StreamError.BAD_VERSION)
         with m.Elif(count < 32):
-            m.d.comb += code.eq(StreamError.TRUNCATED)
+            m.d.comb += decision.eq(StreamError.TRUNCATED)
         with m.Elif(header_bad):
-            m.d.comb += code.eq(StreamError.BAD_HEADER)
+            m.d.comb += decision.eq(StreamError.BAD_HEADER)
         with m.Elif(length_bad):
-            m.d.comb += code.eq(StreamError.BAD_LENGTH)
+            m.d.comb += decision.eq(StreamError.BAD_LENGTH)
         with m.Elif(timed_out | (count < total)):
-            m.d.comb += code.eq(StreamError.TRUNCATED)
+            m.d.comb += decision.eq(StreamError.TRUNCATED)
         with m.Elif(count > total):
-            m.d.comb += code.eq(StreamError.OVERLONG)
-        with m.Elif((crc ^ CRC32_XOR_OUT) != stored_crc):
-            m.d.comb += code.eq(StreamError.BAD_CRC)
+            m.d.comb += decision.eq(StreamError.OVERLONG)
+        with m.Elif(crc != CRC32_RESIDUE):
+            m.d.comb += decision.eq(StreamError.BAD_CRC)
         with m.Else():
-            m.d.comb += code.eq(fault)
+            m.d.comb += decision.eq(fault)
 
         # --- watchdog ---------------------------------------------------------------------------
         watchdog = Signal()
@@ -415,237 +465,242 @@ class MaskDecoder(wiring.Component):
         with m.Else():
             m.d.sync += idle.eq(0)
 
+        accepting_states = {"HEADER", "PREDICTOR", "MASK", "RLE_COUNT", "RLE_CODES", "POINTERS", "INDICES",
+                            "VALUES", "VALUES_BITMASK", "TAIL"}
+
+        def go(m, state):
+            m.next = state
+            m.d.sync += accepting.eq(state in accepting_states)
+
+        # the first fault is the stream's (DECIDE clears it: its assignment comes later)
+        with m.If((found != 0) & (fault == 0)):
+            m.d.sync += fault.eq(found)
+        m.d.comb += abort.eq((found != 0) | (fault != 0) | length_bad)
+
+        # kept and the minor dimension as ew + 1 bits (exact whenever the header is good)
+        minor_limit = Signal(value_width)
+        kept_limit = Signal(value_width)
+        m.d.sync += [minor_limit.eq(minor_count), kept_limit.eq(kept)]
+
+        def saturated(value):
+            return Mux(value[value_width:] != 0, (1 << value_width) - 1, value[:value_width])
+
         def fail(m, reason):
-            m.d.sync += fault.eq(reason)
-            m.next = "TAIL"
+            with m.If((fault == 0) & (found == 0)):
+                m.d.sync += fault.eq(reason)
+            go(m, "TAIL")
 
         def start_values(m):
             """After the index section: the values, or nothing when kept = 0."""
             m.d.sync += index.eq(0)
             with m.If(kept == 0):
-                m.next = "TAIL"
+                go(m, "TAIL")
             with m.Elif(is_bitmask):
                 m.d.sync += prefill.eq(0)
-                m.next = "PREFILL_ITEMS"
+                go(m, "PREFILL_ITEMS")
+            with m.Elif(is_rle):
+                go(m, "PREFILL_POSITIONS")
             with m.Else():
-                m.next = "PREFILL_POSITIONS"
+                go(m, "WAIT_POSITIONS")
 
         def start_index(m):
             """After the header (and predictor): the first index section."""
             m.d.sync += [index.eq(0), field_byte.eq(0), list_count.eq(0), population.eq(0), position.eq(0),
-                         past_end.eq(0), value_codes.eq(0), first_bad.eq(0), decreasing.eq(0)]
+                         value_codes.eq(0), first_bad.eq(0), decreasing.eq(0)]
             with m.If(is_bitmask):
-                m.d.sync += section_left.eq((entries + 7) >> 3)
-                m.next = "MASK"
+                m.d.sync += section_left.eq(mask_bytes), section_one.eq(mask_bytes == 1)
+                go(m, "MASK")
             with m.Elif(is_rle):
-                m.d.sync += section_left.eq(4)
-                m.next = "RLE_COUNT"
+                m.d.sync += [section_left.eq(4), section_one.eq(0)]
+                go(m, "RLE_COUNT")
             with m.Else():
-                m.d.sync += section_left.eq((major_count + 1) << pw_shift)
-                m.next = "POINTERS"
+                m.d.sync += [section_left.eq(pointer_bytes), section_one.eq(pointer_bytes == 1)]
+                go(m, "POINTERS")
+
+        def walk_end(m):
+            """Called last in every state of the walk: a bad stream stops walking, and a stream
+            ends on its `last` byte or when the watchdog fires."""
+            with m.If(abort):
+                go(m, "TAIL")
+            stream_end(m)
 
         def stream_end(m):
-            """A stream ends on its `last` byte or when the watchdog fires (called last in each byte state)."""
             with m.If(take & last):
-                m.next = "DECIDE"
+                go(m, "CHECK")
             with m.If(watchdog):
                 m.d.sync += timed_out.eq(1)
-                m.next = "DECIDE"
+                go(m, "CHECK")
 
         lowest = Signal(3)
         for bit in reversed(range(8)):
             with m.If(item_bits[bit]):
                 m.d.comb += lowest.eq(bit)
 
+        # RLE walk: the position of a value code, registered, sets its mask bit the next cycle
+        rle_set = Signal()
+        rle_set_pos = Signal(count_width + 8)
+        m.d.sync += rle_set.eq(0)
+
         with m.FSM(init="CLEAR"):
             with m.State("HEADER"):
-                m.d.comb += accepting.eq(1)
-                with m.If(take & (count == 31)):
-                    ok = ~magic_bad & ~version_bad & ~bad_fields & ~bad_length
+                with m.If(take & header_last):
+                    fields_ok = ~magic_bad & ~version_bad & ~fields_bad
                     m.d.sync += [
-                        header_bad.eq(bad_fields),
-                        length_bad.eq(~bad_fields & bad_length),
-                        header_ok.eq(ok),
+                        header_bad.eq(fields_bad),
+                        length_bad.eq(~fields_bad & bad_length),
                         total.eq(length_full + 36),
                     ]
-                    m.d.sync += extent[0].eq(Mux(ok & (work == 0), (entries + 7) >> 3, extent[0]))
-                    m.d.sync += extent[1].eq(Mux(ok & (work == 1), (entries + 7) >> 3, extent[1]))
-                    with m.If(~ok):
-                        m.next = "TAIL"
-                    with m.Elif(interpolation == 2):
-                        m.d.sync += [section_left.eq(12), index.eq(0)]
-                        m.next = "PREDICTOR"
+                    # the walk may write the work bank from the next byte on (until a bad length
+                    # stops it): its extent covers every entry of this header
+                    m.d.sync += extent[0].eq(Mux(fields_ok & (work == 0), mask_bytes, extent[0]))
+                    m.d.sync += extent[1].eq(Mux(fields_ok & (work == 1), mask_bytes, extent[1]))
+                    with m.If(~fields_ok):
+                        go(m, "TAIL")
+                    with m.Elif(is_learned):
+                        m.d.sync += [section_left.eq(12), section_one.eq(0), index.eq(0)]
+                        go(m, "PREDICTOR")
                     with m.Else():
                         start_index(m)
                 stream_end(m)
 
             with m.State("PREDICTOR"):
-                m.d.comb += accepting.eq(1)
                 with m.If(take):
-                    m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1)]
+                    m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1), section_one.eq(section_left == 2)]
                     with m.If(index < 8):
                         m.d.sync += coefficients.word_select(index[:3], 8).eq(byte)
                     with m.Elif(index == 8):
-                        m.d.sync += [shift.eq(byte), first_bad.eq(byte > 15)]
+                        m.d.sync += [shift.eq(byte), predictor_bad.eq(byte > 15)]
                     with m.Else():
-                        m.d.sync += first_bad.eq(first_bad | (byte != 0))
-                    with m.If(section_left == 1):
-                        with m.If(first_bad | (byte != 0)):
-                            fail(m, StreamError.BAD_PREDICTOR)
-                        with m.Else():
-                            start_index(m)
-                stream_end(m)
+                        m.d.sync += predictor_bad.eq(predictor_bad | (byte != 0))
+                    with m.If(section_one):
+                        m.d.sync += check_predictor.eq(predictor_bad | (byte != 0))
+                        start_index(m)
+                walk_end(m)
 
             with m.State("MASK"):
-                m.d.comb += accepting.eq(1)
                 mask_word_index = Signal(list_width - 8)         # the item's `word` field, zero-extended
                 m.d.comb += mask_word_index.eq(index)
                 popcount = sum(byte[i] for i in range(8))
                 m.d.comb += mask_direct_word.eq(index)
                 with m.If(take):
                     m.d.comb += mask_direct.eq(1)
-                    m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1),
+                    m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1), section_one.eq(section_left == 2),
                                  population.eq(population + popcount)]
                     with m.If(byte != 0):
                         m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat(mask_word_index, byte)),
                                      items_w.en.eq(1)]
                         m.d.sync += list_count.eq(list_count + 1)
-                    with m.If(section_left == 1):
+                    with m.If(section_one):
                         spare = entries[:3]
                         padding = Mux(spare == 0, 0, byte & ~((Const(1, 9) << spare) - 1)[:8])
-                        with m.If(padding != 0):
-                            fail(m, StreamError.BAD_PADDING)
-                        with m.Elif(population + popcount != kept):
-                            fail(m, StreamError.COUNT_MISMATCH)
-                        with m.Else():
-                            start_values(m)
-                stream_end(m)
+                        m.d.sync += [check_mask.eq(1), check_padding.eq(padding != 0)]
+                        start_values(m)
+                walk_end(m)
 
             with m.State("RLE_COUNT"):
-                m.d.comb += accepting.eq(1)
                 with m.If(take):
-                    m.d.sync += [rle_codes.eq(Cat(rle_codes[8:], byte)), section_left.eq(section_left - 1)]
-                    with m.If(section_left == 1):
-                        codes = Cat(rle_codes[8:], byte)
-                        m.d.sync += section_left.eq(codes)
-                        with m.If(codes != rle_codes_expected):
-                            fail(m, StreamError.BAD_LENGTH)
-                        with m.Elif(codes == 0):
-                            with m.If(kept != 0):
-                                fail(m, StreamError.COUNT_MISMATCH)
-                            with m.Else():
-                                m.next = "TAIL"
-                        with m.Else():
-                            m.next = "RLE_CODES"
-                stream_end(m)
+                    codes = Cat(rle_codes[8:], byte)
+                    m.d.sync += [rle_codes.eq(codes), section_left.eq(section_left - 1), section_one.eq(section_left == 2)]
+                    with m.If(section_one):
+                        m.d.sync += [section_left.eq(codes), section_one.eq(codes == 1), no_codes.eq(codes == 0), check_count.eq(1)]
+                        go(m, "RLE_CODES")
+                walk_end(m)
 
             with m.State("RLE_CODES"):
-                m.d.comb += accepting.eq(1)
                 escape = byte == 255
-                step = Mux(escape, 255, byte + 1)
-                walked = position + step
-                past = past_end | (walked > entries)
-                codes_now = value_codes + ~escape
-                with m.If(take):
-                    m.d.sync += [section_left.eq(section_left - 1), value_codes.eq(codes_now),
-                                 position.eq(Mux(past, entries + 1, walked)), past_end.eq(past)]
-                    with m.If(~escape & (position + byte < entries) & ~past_end):
-                        m.d.comb += [set_bit.eq(1), set_pos.eq(position + byte)]
-                        with m.If(value_codes < kept):
-                            m.d.comb += [pos_w.addr.eq(value_codes), pos_w.data.eq(position + byte),
-                                         pos_w.en.eq(1)]
-                    with m.If(section_left == 1):
-                        with m.If(past):
-                            fail(m, StreamError.RUN_PAST_END)
-                        with m.Elif(escape):
-                            fail(m, StreamError.DANGLING_ESCAPE)
-                        with m.Elif(codes_now != kept):
-                            fail(m, StreamError.COUNT_MISMATCH)
-                        with m.Else():
-                            start_values(m)
-                stream_end(m)
+                with m.If(no_codes):
+                    # no codes: this byte is past the index section (COUNT_MISMATCH if kept > 0)
+                    go(m, "TAIL")
+                with m.Elif(take):
+                    m.d.sync += [section_left.eq(section_left - 1), section_one.eq(section_left == 2), value_codes.eq(value_codes + ~escape),
+                                 position.eq(position + Mux(escape, 255, byte + 1)),
+                                 rle_set.eq(~escape), rle_set_pos.eq(position + byte)]
+                    with m.If(~escape & (value_codes < kept)):
+                        m.d.comb += [pos_w.addr.eq(value_codes), pos_w.data.eq(position + byte),
+                                     pos_w.en.eq(1)]
+                    with m.If(section_one):
+                        m.d.sync += [check_codes.eq(1), check_escape.eq(escape)]
+                        start_values(m)
+                walk_end(m)
 
             with m.State("POINTERS"):
-                m.d.comb += accepting.eq(1)
                 pointer = Signal(32)
                 m.d.comb += pointer.eq(Mux(field_byte == 0, byte,
                                            Mux(field_byte == 1, Cat(field[:8], byte),
                                                Mux(field_byte == 2, Cat(field[:16], byte), Cat(field[:24], byte)))))
                 complete = field_byte == (1 << pw_shift) - 1
                 with m.If(take):
-                    m.d.sync += [section_left.eq(section_left - 1), field.eq(pointer),
+                    m.d.sync += [section_left.eq(section_left - 1), section_one.eq(section_left == 2), field.eq(pointer),
                                  field_byte.eq(Mux(complete, 0, field_byte + 1))]
                     with m.If(complete):
-                        m.d.sync += [index.eq(index + 1), previous.eq(pointer)]
-                        with m.If(index == 0):
-                            m.d.sync += first_bad.eq(pointer != 0)
-                        with m.Elif(pointer < previous):
-                            m.d.sync += decreasing.eq(1)
-                        with m.Elif((pointer > previous) & ~decreasing & (list_count < max_entries)):
-                            m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat((index - 1)[:ew], pointer[:ew])),
-                                         items_w.en.eq(1)]
-                            m.d.sync += list_count.eq(list_count + 1)
-                    with m.If(section_left == 1):
-                        with m.If(first_bad | (pointer != kept)):
-                            fail(m, StreamError.COUNT_MISMATCH)
-                        with m.Elif(decreasing | (pointer < previous)):
-                            fail(m, StreamError.NON_MONOTONIC)
-                        with m.Elif(kept == 0):
-                            m.next = "TAIL"
+                        m.d.sync += [index.eq(index + 1), check_pointer.eq(1), check_pointer_value.eq(saturated(pointer)),
+                                     check_pointer_first.eq(index == 0), check_pointer_major.eq(index - 1),
+                                     check_pointer_last.eq(section_one)]
+                    with m.If(section_one):
+                        with m.If(kept == 0):
+                            go(m, "TAIL")
                         with m.Else():
-                            m.d.sync += [index.eq(0), prefill.eq(1), section_left.eq(kept << iw_shift)]
-                            m.next = "PREFILL_ITEMS"
-                stream_end(m)
+                            m.d.sync += [index.eq(0), prefill.eq(1)]
+                            go(m, "WAIT_ITEMS")
+                walk_end(m)
+
+            with m.State("WAIT_ITEMS"):
+                # the last pointer's item is written this cycle
+                go(m, "PREFILL_ITEMS")
+                walk_end(m)
 
             with m.State("PREFILL_ITEMS"):
                 # two cycles: read item 0 (addr forced), then hold it; items_r then shows item 1
                 m.d.comb += items_addr_override.eq(1)
                 m.d.sync += item.eq(0)
-                m.next = "PREFILL_ITEMS_2"
+                go(m, "PREFILL_ITEMS_2")
+                walk_end(m)
             with m.State("PREFILL_ITEMS_2"):
-                m.d.sync += [item_major.eq(item_data.major), item_end.eq(item_data.end),
+                m.d.sync += [item_major.eq(item_data.major), item_last.eq(item_data.last),
                              item_bits.eq(item_word.bits), line_first.eq(1), field_byte.eq(0)]
                 with m.If(prefill):
-                    m.next = "INDICES"
+                    go(m, "INDICES")
                 with m.Else():
                     m.d.sync += item_major.eq(item_word.word)
-                    m.next = "VALUES_BITMASK"
+                    go(m, "VALUES_BITMASK")
+                walk_end(m)
 
             with m.State("INDICES"):
-                m.d.comb += accepting.eq(1)
                 value = Signal(32)
                 m.d.comb += value.eq(Mux(field_byte == 0, byte,
                                          Mux(field_byte == 1, Cat(field[:8], byte),
                                              Mux(field_byte == 2, Cat(field[:16], byte), Cat(field[:24], byte)))))
                 complete = field_byte == (1 << iw_shift) - 1
-                row = Mux(is_csr, item_major, value)[:16]
-                column = Mux(is_csr, value, item_major)
-                flat = Signal(42)
-                m.d.comb += flat.eq(row * cols + column)
                 with m.If(take):
                     m.d.sync += [field.eq(value), field_byte.eq(Mux(complete, 0, field_byte + 1))]
                     with m.If(complete):
-                        with m.If(value >= minor_count):
-                            fail(m, StreamError.INDEX_OUT_OF_RANGE)
-                        with m.Elif(~line_first & (value <= previous)):
-                            fail(m, StreamError.NON_MONOTONIC)
-                        with m.Else():
-                            m.d.comb += [set_bit.eq(1), set_pos.eq(flat),
-                                         pos_w.addr.eq(index), pos_w.data.eq(flat), pos_w.en.eq(1)]
-                            m.d.sync += [index.eq(index + 1), previous.eq(value), line_first.eq(0)]
-                            with m.If(index + 1 == item_end):
-                                m.d.comb += items_advance.eq(1)
-                                m.d.sync += [item.eq(item + 1), item_major.eq(item_data.major),
-                                             item_end.eq(item_data.end), line_first.eq(1)]
-                            with m.If(index + 1 == kept):
-                                start_values(m)
-                stream_end(m)
+                        m.d.sync += [check_index.eq(1), check_index_value.eq(saturated(value)),
+                                     check_index_row.eq(Mux(is_csr, item_major, value)),
+                                     check_index_col.eq(Mux(is_csr, value, item_major)),
+                                     check_index_first.eq(line_first),
+                                     check_index_entry.eq(index),
+                                     index.eq(index + 1), line_first.eq(0)]
+                        with m.If(index == item_last):
+                            m.d.comb += items_advance.eq(1)
+                            m.d.sync += [item.eq(item + 1), item_major.eq(item_data.major),
+                                         item_last.eq(item_data.last), line_first.eq(1)]
+                        with m.If(index == kept_last):
+                            start_values(m)
+                walk_end(m)
+
+            with m.State("WAIT_POSITIONS"):
+                # CSR/CSC: the last index's position is written two cycles after its byte
+                go(m, "WAIT_POSITIONS_2")
+                walk_end(m)
+            with m.State("WAIT_POSITIONS_2"):
+                go(m, "PREFILL_POSITIONS")
+                walk_end(m)
 
             with m.State("PREFILL_POSITIONS"):
-                m.next = "VALUES"
+                go(m, "VALUES")
+                walk_end(m)
 
             with m.State("VALUES"):
-                m.d.comb += accepting.eq(1)
                 with m.If(take):
                     m.d.comb += pos_advance.eq(1)
                     m.d.sync += index.eq(index + 1)
@@ -653,12 +708,11 @@ class MaskDecoder(wiring.Component):
                         fail(m, StreamError.BAD_VALUE)
                     with m.Else():
                         m.d.comb += [write_value.eq(1), write_pos.eq(pos_r.data)]
-                        with m.If(index + 1 == kept):
-                            m.next = "TAIL"
-                stream_end(m)
+                        with m.If(index == kept_last):
+                            go(m, "TAIL")
+                walk_end(m)
 
             with m.State("VALUES_BITMASK"):
-                m.d.comb += accepting.eq(1)
                 remaining = item_bits & (item_bits - 1)
                 with m.If(take):
                     m.d.sync += [index.eq(index + 1), item_bits.eq(remaining)]
@@ -670,14 +724,17 @@ class MaskDecoder(wiring.Component):
                             m.d.comb += items_advance.eq(1)
                             m.d.sync += [item.eq(item + 1), item_major.eq(item_word.word),
                                          item_bits.eq(item_word.bits)]
-                        with m.If(index + 1 == kept):
-                            m.next = "TAIL"
-                stream_end(m)
+                        with m.If(index == kept_last):
+                            go(m, "TAIL")
+                walk_end(m)
 
             with m.State("TAIL"):
                 # CRC bytes, bytes past the end, or the rest of a stream with a fault
-                m.d.comb += accepting.eq(1)
                 stream_end(m)
+
+            with m.State("CHECK"):
+                m.d.sync += code.eq(decision)
+                go(m, "DECIDE")
 
             with m.State("DECIDE"):
                 with m.If((code == StreamError.OK) & self.hold):
@@ -706,9 +763,9 @@ class MaskDecoder(wiring.Component):
                     with m.Else():
                         m.d.sync += self.streams_bad.eq(self.streams_bad + 1)
                     m.d.sync += [count.eq(0), crc.eq(CRC32_INIT), magic_bad.eq(0), version_bad.eq(0),
-                                 header_bad.eq(0), length_bad.eq(0), header_ok.eq(0), fault.eq(0),
-                                 timed_out.eq(0), clear_word.eq(0)]
-                    m.next = "CLEAR"
+                                 header_bad.eq(0), length_bad.eq(0), fault.eq(0), timed_out.eq(0), header_last.eq(0),
+                                 clear_word.eq(0)]
+                    go(m, "CLEAR")
 
             with m.State("CLEAR"):
                 # zero the mask words the new work bank may hold, one per cycle
@@ -719,7 +776,79 @@ class MaskDecoder(wiring.Component):
                 with m.Else():
                     m.d.sync += extent[0].eq(Mux(work == 0, 0, extent[0]))
                     m.d.sync += extent[1].eq(Mux(work == 1, 0, extent[1]))
-                    m.next = "HEADER"
+                    go(m, "HEADER")
 
+        # --- the deferred checks and the pipelined writes ------------------------------------------
+        # At most one section's check is due in a cycle (sections are walked one after another),
+        # so the faults found are ORed, each with golden's order inside its section; the result
+        # is registered (found) and becomes the stream's fault the cycle after, if it is the first.
+        faults = []
+
+        def found_if(condition, reason):
+            faults.append(Mux(condition, reason, 0))
+
+        # predictor: a shift above 15 or a reserved byte not 0
+        found_if(check_predictor, StreamError.BAD_PREDICTOR)
+
+        # bitmask, after the mask: BAD_PADDING, then COUNT_MISMATCH
+        found_if(check_mask, Mux(check_padding, StreamError.BAD_PADDING,
+                                 Mux(population != kept, StreamError.COUNT_MISMATCH, 0)))
+
+        # RLE code count: C = L − P − 4 − k (golden raises BAD_LENGTH), and no codes for kept > 0
+        found_if(check_count, Mux(rle_codes != rle_codes_expected, StreamError.BAD_LENGTH,
+                                  Mux(no_codes & (kept != 0), StreamError.COUNT_MISMATCH, 0)))
+
+        # RLE, after the codes: RUN_PAST_END, DANGLING_ESCAPE, COUNT_MISMATCH (golden's order)
+        found_if(check_codes, Mux(position > entries, StreamError.RUN_PAST_END,
+                                  Mux(check_escape, StreamError.DANGLING_ESCAPE,
+                                      Mux(value_codes != kept, StreamError.COUNT_MISMATCH, 0))))
+
+        # RLE walk: the mask bit of a value code inside the tensor
+        with m.If(rle_set & (rle_set_pos < entries)):
+            m.d.comb += [set_bit.eq(1), set_pos.eq(rle_set_pos)]
+
+        # CSR/CSC pointers: order and count; the nonempty rows/columns go to the item list
+        below = check_pointer_value < pointer_previous
+        above = check_pointer_value > pointer_previous
+        with m.If(check_pointer):
+            m.d.sync += pointer_previous.eq(check_pointer_value)
+            with m.If(check_pointer_first):
+                m.d.sync += first_bad.eq(check_pointer_value != 0)
+            with m.Elif(below):
+                m.d.sync += decreasing.eq(1)
+            with m.Elif(above & ~decreasing & (list_count < max_entries)):
+                m.d.comb += [items_w.addr.eq(list_count),
+                             items_w.data.eq(Cat(check_pointer_major, (check_pointer_value - 1)[:ew])),
+                             items_w.en.eq(1)]
+                m.d.sync += list_count.eq(list_count + 1)
+        found_if(check_pointer & check_pointer_last,
+                 Mux(first_bad | (check_pointer_value != kept_limit), StreamError.COUNT_MISMATCH,
+                     Mux(decreasing | below, StreamError.NON_MONOTONIC, 0)))
+
+        # CSR/CSC indices: range, then order within the row/column; a good index's flat position
+        # (row · cols + col) is a product registered one cycle and a sum the next
+        index_entry = Signal(ew + 1)
+        index_ok = Signal()
+        product = Signal(26)
+        minor = Signal(25)
+        out_of_range = check_index_value >= minor_limit
+        not_increasing = ~check_index_first & (check_index_value <= index_previous)
+        with m.If(check_index):
+            m.d.sync += index_previous.eq(check_index_value)
+        found_if(check_index, Mux(out_of_range, StreamError.INDEX_OUT_OF_RANGE,
+                                  Mux(not_increasing, StreamError.NON_MONOTONIC, 0)))
+        m.d.sync += [
+            index_ok.eq(check_index & ~out_of_range & ~not_increasing),
+            product.eq(check_index_row * cols),
+            minor.eq(check_index_col),
+            index_entry.eq(check_index_entry),
+        ]
+        flat = Signal(26)
+        m.d.comb += flat.eq(product + minor)
+        with m.If(index_ok):
+            m.d.comb += [set_bit.eq(1), set_pos.eq(flat),
+                         pos_w.addr.eq(index_entry), pos_w.data.eq(flat), pos_w.en.eq(1)]
+
+        m.d.sync += found.eq(reduce(operator.or_, faults))
 
         return m

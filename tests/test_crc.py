@@ -8,7 +8,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from dynsparse.hdl.crc import CRC32_INIT, CRC32_XOR_OUT, crc32_byte_terms, crc32_next, crc32_update_byte
+from dynsparse.hdl.crc import (CRC32_INIT, CRC32_RESIDUE, CRC32_XOR_OUT, crc32_byte_terms, crc32_next,
+                               crc32_update_byte)
 from dynsparse.sim.pysim import run_simulation
 
 
@@ -72,3 +73,23 @@ def test_gateware_one_byte_per_clock(lengths):
             assert ctx.get(dut.crc) == zlib.crc32(message), message.hex()
 
     run_simulation(dut, [bench], deadline_cycles=2000)
+
+
+def test_residue_after_the_stored_crc():
+    """The register run over a message and then its CRC (little-endian) ends at CRC32_RESIDUE,
+    whatever the message; any other 4 bytes in the CRC's place end elsewhere."""
+    rng = random.Random(3)
+    for length in (0, 1, 5, 31, 200):
+        data = bytes(rng.randrange(256) for _ in range(length))
+        good = data + zlib.crc32(data).to_bytes(4, "little")
+        register = CRC32_INIT
+        for byte in good:
+            register = crc32_update_byte(register, byte)
+        assert register == CRC32_RESIDUE
+        for flip in range(32):
+            bad = bytearray(good)
+            bad[length + flip // 8] ^= 1 << (flip % 8)
+            register = CRC32_INIT
+            for byte in bad:
+                register = crc32_update_byte(register, byte)
+            assert register != CRC32_RESIDUE
