@@ -27,20 +27,49 @@ def weight_layout(max_entries):
     return data.StructLayout({"data": signed(8), "index": range(max_entries), "first": 1, "last": 1})
 
 
-def booth_product(coefficient, value):
-    """``coefficient · value`` (both signed 8-bit) as LUT logic, no DSP: radix-4 Booth digits of
-    ``value`` (−2 … 2) select 0, ±c or ±2c; a negative partial product is ``~(d·c)`` plus a 1
-    at its weight. Returns a signed 16-bit expression."""
+def booth_product(m, coefficient, value):
+    """``coefficient · value`` (both signed 8-bit) as LUT logic, no DSP, less the correction
+    returned with it: radix-4 Booth digits of ``value`` (−2 … 2) select 0, ±c or ±2c; a
+    negative partial product is ``~(d·c)`` plus a 1 at its weight. The 1s of the three low
+    digits fill bits of the partial products that are 0; the top digit's 1 (weight 64) is
+    returned as ``negative``, for the caller to add (counted over all products at once).
+    Two-operand adds into kept wires, so that Yosys maps each to a carry chain instead of
+    merging them into one wide adder of LUTs. Returns ``(product, negative)``;
+    ``coefficient · value = product + 64·negative``."""
     bits = Cat(Const(0, 1), value.as_unsigned())
-    total = 0
+    terms, negative = [], []
     for digit in range(4):
         low, mid, high = bits[2 * digit], bits[2 * digit + 1], bits[2 * digit + 2]
         one = low ^ mid
         two = (high & ~mid & ~low) | (~high & mid & low)
         magnitude = Mux(one, coefficient, Mux(two, coefficient << 1, 0)).as_signed()
-        term = Mux(high, ~magnitude, magnitude).as_signed()
-        total = total + (term << (2 * digit)) + (high.as_unsigned() << (2 * digit))
-    return total
+        term = Signal(signed(10), attrs={"keep": 1})
+        m.d.comb += term.eq(Mux(high, ~magnitude, magnitude))
+        terms.append(term)
+        negative.append(high)
+    low_pair = Signal(signed(13), attrs={"keep": 1})
+    high_pair = Signal(signed(16), attrs={"keep": 1})
+    product = Signal(signed(16), attrs={"keep": 1})
+    m.d.comb += [
+        low_pair.eq(terms[0] + Cat(negative[0], Const(0, 1), terms[1]).as_signed()),
+        high_pair.eq(Cat(Const(0, 2), negative[1], Const(0, 1), terms[2]).as_signed()
+                     + Cat(Const(0, 4), negative[2], Const(0, 1), terms[3]).as_signed()),
+        product.eq(low_pair + high_pair),
+    ]
+    return product, negative[3]
+
+
+def adder_tree(m, operands):
+    """Sum of ``operands`` as a tree of two-operand 18-bit adds (carry chains)."""
+    level = list(operands)
+    while len(level) > 1:
+        pairs = []
+        for a, b in zip(level[0::2], level[1::2]):
+            pair = Signal(signed(18), attrs={"keep": 1})
+            m.d.comb += pair.eq(a + b)
+            pairs.append(pair)
+        level = pairs + level[len(pairs) * 2:]
+    return level[0]
 
 
 class Interpolator(wiring.Component):
@@ -232,6 +261,12 @@ class Interpolator(wiring.Component):
         # D: the eight products, the linear guess, the centre
         d_valid = Signal()
         products = [Signal(signed(16), name=f"product_{j}") for j in range(len(LEARNED_OFFSETS))]
+        negatives = Signal(len(LEARNED_OFFSETS))       # each product's missing 64
+        correction = Signal(range(len(LEARNED_OFFSETS) + 1))
+        m.d.comb += correction.eq(sum(negatives[j] for j in range(len(LEARNED_OFFSETS))))
+        window_products = [booth_product(m, coefficients[j], neighbour(dy, dx)[0])
+                           for j, (dy, dx) in enumerate(LEARNED_OFFSETS)]
+        product_sum = adder_tree(m, products + [Cat(Const(0, 6), correction).as_unsigned()])
         d_linear = Signal(signed(8))
         d_centre = Signal(signed(8))
         # E: the learned sum (|Σ| ≤ 8·128·127 < 2^17)
@@ -261,10 +296,9 @@ class Interpolator(wiring.Component):
                 with m.If(x == x_last):
                     m.d.sync += y.eq(Mux(y == y_last, 0, y + 1))
             m.d.sync += [d_linear.eq(linear_guess), d_centre.eq(window[1][1])]
-            for j, (dy, dx) in enumerate(LEARNED_OFFSETS):
-                value, _ = neighbour(dy, dx)
-                m.d.sync += products[j].eq(booth_product(coefficients[j], value))
-            m.d.sync += [total.eq(sum(products)), e_linear.eq(d_linear), e_centre.eq(d_centre)]
+            for j, (product, negative) in enumerate(window_products):
+                m.d.sync += [products[j].eq(product), negatives[j].eq(negative)]
+            m.d.sync += [total.eq(product_sum), e_linear.eq(d_linear), e_centre.eq(d_centre)]
             m.d.sync += result.eq(Mux(e_centre != DROPPED, e_centre, guess))
         with m.If(out_valid & self.o_stream.ready):
             m.d.sync += index.eq(index + 1)
