@@ -16,7 +16,8 @@ class WeightReconstructor(wiring.Component):
 
     Every good stream the :class:`~dynsparse.hdl.maskdecoder.MaskDecoder` commits starts a
     pass of the :class:`~dynsparse.hdl.interpolator.Interpolator` over the good bank, which
-    streams all ``N`` weights (dropped ones rebuilt) on ``o_stream``. The next stream is
+    streams all ``N`` weights (dropped ones rebuilt) on ``o_stream``, one per clock after
+    :meth:`~dynsparse.hdl.interpolator.Interpolator.fill_cycles`. The next stream is
     decoded into the other bank while the pass runs (double buffering); if it is good before
     the pass ends, it waits to be committed (``hold``) so the pass never sees the bank change.
 
