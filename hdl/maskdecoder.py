@@ -136,7 +136,8 @@ class MaskDecoder(wiring.Component):
         m = Module()
         max_entries, words = self._max_entries, self.words
         ew = max_entries.bit_length()                 # holds 0 … max_entries
-        list_width = max(2 * ew, words.bit_length() + 8)
+        ib = max(max_entries - 1, 1).bit_length()        # an entry index: 0 … max_entries − 1
+        list_width = max(2 * ib + 1, words.bit_length() + 8)
 
         # --- memories -------------------------------------------------------------------------
         # both banks in one memory each, the bank the top address bit: no bank multiplexer
@@ -225,7 +226,13 @@ class MaskDecoder(wiring.Component):
         rle_high = Signal(36)
         rle_codes_expected = Signal(36)
         fields_bad = Signal()
-        kept_last = Signal(32)                            # k − 1: the last value's index
+        bytes_bad, dims_bad, size_bad = Signal(), Signal(), Signal()
+        kept_last_2 = Signal(ew + 1)                      # k − 2: the index before the last value's
+        kept_zero = Signal()
+        header_good = Signal()                            # magic, version and fields good
+        index_section = Signal(count_width)               # bytes of the first index section
+        index_section_one = Signal()
+        kept_one = Signal()
         major_count = Mux(is_csr, dims[0], cols)          # pointers: major_count + 1
         minor_count = Mux(is_csr, cols, dims[0])
         m.d.sync += [
@@ -245,7 +252,12 @@ class MaskDecoder(wiring.Component):
             csc_iw_shift.eq(_width_shift(dims[0] - 1)),
             iw_shift.eq(Mux(is_csr, csr_iw_shift, csc_iw_shift)),
             fixed.eq(Mux(is_learned, 12, 0) + kept),
-            kept_last.eq(kept - 1),
+            kept_last_2.eq(kept - 2),
+            kept_zero.eq(kept == 0),
+            header_good.eq(~magic_bad & ~version_bad & ~fields_bad),
+            index_section.eq(Mux(is_bitmask, mask_bytes, Mux(is_rle, 4, pointer_bytes))),
+            index_section_one.eq(is_bitmask & (mask_bytes == 1)),
+            kept_one.eq(kept == 1),
             fixed4.eq(Mux(is_learned, 16, 4) + kept),
             mask_bytes.eq((entries + 7) >> 3),
             pointer_bytes.eq((major_count + 1) << pw_shift),
@@ -255,11 +267,13 @@ class MaskDecoder(wiring.Component):
             rle_low.eq(fixed4 + kept),
             rle_high.eq(rle_low + rle_escape_max),
             rle_codes_expected.eq(length - fixed4),
-            fields_bad.eq((encoding > 3) | (value_bits != 8) | (interpolation > 2) |
-                          ~((ndim == 2) | (ndim == 4)) | (criterion > 3) | (selection > 3) | (reserved != 0) |
-                          (dims[0] == 0) | (dims[1] == 0) | (dims[2] == 0) | (dims[3] == 0) |
-                          Mux(ndim == 2, (dims[2] != 1) | (dims[3] != 1), dims[2] != dims[3]) |
-                          too_big | (entries > max_entries) | (kept > entries)),
+            # golden's field checks, in three registered parts, then their OR
+            bytes_bad.eq((encoding > 3) | (value_bits != 8) | (interpolation > 2) |
+                         ~((ndim == 2) | (ndim == 4)) | (criterion > 3) | (selection > 3) | (reserved != 0)),
+            dims_bad.eq((dims[0] == 0) | (dims[1] == 0) | (dims[2] == 0) | (dims[3] == 0) |
+                        Mux(ndim == 2, (dims[2] != 1) | (dims[3] != 1), dims[2] != dims[3])),
+            size_bad.eq(too_big | (entries > max_entries) | (kept > entries)),
+            fields_bad.eq(bytes_bad | dims_bad | size_bad),
         ]
 
         # tensor of the good bank
@@ -277,7 +291,8 @@ class MaskDecoder(wiring.Component):
         take = accepting & self.i_stream.valid
         byte = self.i_stream.payload.data
         last = self.i_stream.payload.last
-        m.d.comb += self.busy.eq((count != 0) | ~accepting)
+        in_stream = Signal()                              # count != 0
+        m.d.comb += self.busy.eq(in_stream | ~accepting)
 
         # --- walk state -----------------------------------------------------------------------
         section_left = Signal(count_width)                # bytes left in the current section
@@ -296,6 +311,8 @@ class MaskDecoder(wiring.Component):
         pointer_previous = Signal(value_width)
         index_previous = Signal(value_width)
         line_first = Signal()                             # next index opens its row/column
+        line_last = Signal()                              # next index closes it (index == item_last)
+        index_last = Signal()                             # index == k − 1 (values, CSR/CSC indices)
         first_bad = Signal()
         predictor_bad = Signal()
         decreasing = Signal()
@@ -307,6 +324,7 @@ class MaskDecoder(wiring.Component):
         no_codes = Signal()                               # RLE: the code count is 0
         rle_codes = Signal(32)
         prefill = Signal()
+        wait = Signal(2)                                  # prefill cycles still to wait
         clear_word = Signal(range(words + 1))
 
         # Deferred checks: a byte's operands are registered with it and checked the next cycle
@@ -322,13 +340,14 @@ class MaskDecoder(wiring.Component):
         check_pointer_first = Signal()
         check_pointer_last = Signal()
         check_pointer_major = Signal(ew)
+        check_value = Signal()                            # a value of −128 was taken
         check_index = Signal()                            # an index was completed
         check_index_value = Signal(value_width)
         check_index_row = Signal(16)
         check_index_col = Signal(25)
         check_index_first = Signal()
         check_index_entry = Signal(ew + 1)
-        m.d.sync += [check_predictor.eq(0), check_mask.eq(0), check_count.eq(0), check_codes.eq(0), check_pointer.eq(0),
+        m.d.sync += [check_predictor.eq(0), check_value.eq(0), check_mask.eq(0), check_count.eq(0), check_codes.eq(0), check_pointer.eq(0),
                      check_index.eq(0)]
         found = Signal(4)                                 # a fault the deferred checks found last cycle
         abort = Signal()                                  # stop walking: the stream is bad
@@ -336,7 +355,7 @@ class MaskDecoder(wiring.Component):
         items_advance = Signal()
         items_addr_override = Signal()
         m.d.comb += items_r.addr.eq(Mux(items_addr_override, 0, Mux(items_advance, item + 2, item + 1)))
-        item_data = data.View(data.StructLayout({"major": ew, "last": ew}), items_r.data)
+        item_data = data.View(data.StructLayout({"major": ib, "last": ib, "single": 1}), items_r.data)
         item_word = data.View(data.StructLayout({"word": list_width - 8, "bits": 8}), items_r.data)
 
         pos_advance = Signal()
@@ -360,6 +379,8 @@ class MaskDecoder(wiring.Component):
         mask_direct_word = Signal(range(words))
         set_bit = Signal()                                # set_pos is a sent entry, inside the tensor
         set_pos = Signal(26)
+        set_bit_r = Signal()                              # registered: the read of the mask word
+        set_pos_r = Signal(26)
         clearing = Signal()
         rmw_valid = Signal()
         rmw_word = Signal(range(words))
@@ -368,9 +389,11 @@ class MaskDecoder(wiring.Component):
         forward_word = Signal(range(words))
         forward_data = Signal(8)
         m.d.sync += [
-            rmw_valid.eq(set_bit),
-            rmw_word.eq(set_pos >> 3),
-            rmw_bit.eq(set_pos[:3]),
+            set_bit_r.eq(set_bit),
+            set_pos_r.eq(set_pos),
+            rmw_valid.eq(set_bit_r & in_stream),
+            rmw_word.eq(set_pos_r >> 3),
+            rmw_bit.eq(set_pos_r[:3]),
         ]
         rmw_old = Mux(forward_valid & (forward_word == rmw_word), forward_data, mask_rmw.data)
         rmw_new = rmw_old | (1 << rmw_bit)[:8]
@@ -388,7 +411,7 @@ class MaskDecoder(wiring.Component):
             m.d.comb += [mask_w.addr.eq(Cat(rmw_word[:word_bits], work)), mask_w.data.eq(rmw_new),
                          mask_w.en.eq(1)]
         m.d.comb += [
-            mask_rmw.addr.eq(Cat((set_pos >> 3)[:word_bits], work)),
+            mask_rmw.addr.eq(Cat((set_pos_r >> 3)[:word_bits], work)),
             mask_r.addr.eq(Cat((self.rd_addr >> 3)[:word_bits], good)),
             value_r.addr.eq(Cat(self.rd_addr[:entry_bits], good)),
         ]
@@ -406,7 +429,7 @@ class MaskDecoder(wiring.Component):
         m.d.sync += self.done.eq(0)
         with m.If(take):
             m.d.sync += [count.eq(Mux(count == (1 << count_width) - 1, count, count + 1)),
-                         crc.eq(crc32_next(crc, byte)), header_last.eq(count == 30)]
+                         crc.eq(crc32_next(crc, byte)), header_last.eq(count == 30), in_stream.eq(1)]
             with m.If(count < 4):
                 magic_byte = Const(int.from_bytes(MAGIC, "little"), 32).word_select(count[:2], 8)
                 m.d.sync += magic_bad.eq(magic_bad | (byte != magic_byte))
@@ -459,11 +482,12 @@ class MaskDecoder(wiring.Component):
 
         # --- watchdog ---------------------------------------------------------------------------
         watchdog = Signal()
-        with m.If(accepting & (count != 0) & ~self.i_stream.valid):
-            m.d.sync += idle.eq(idle + 1)
-            m.d.comb += watchdog.eq(idle == self._timeout_cycles - 1)
+        idle_last = Signal()                              # idle == timeout_cycles − 1
+        with m.If(accepting & in_stream & ~self.i_stream.valid):
+            m.d.sync += [idle.eq(idle + 1), idle_last.eq(idle == self._timeout_cycles - 2)]
+            m.d.comb += watchdog.eq(idle_last)
         with m.Else():
-            m.d.sync += idle.eq(0)
+            m.d.sync += [idle.eq(0), idle_last.eq(0)]
 
         accepting_states = {"HEADER", "PREDICTOR", "MASK", "RLE_COUNT", "RLE_CODES", "POINTERS", "INDICES",
                             "VALUES", "VALUES_BITMASK", "TAIL"}
@@ -473,7 +497,8 @@ class MaskDecoder(wiring.Component):
             m.d.sync += accepting.eq(state in accepting_states)
 
         # the first fault is the stream's (DECIDE clears it: its assignment comes later)
-        with m.If((found != 0) & (fault == 0)):
+        # (`in_stream` falls in DECIDE: a fault found after it belongs to no stream)
+        with m.If((found != 0) & (fault == 0) & in_stream):
             m.d.sync += fault.eq(found)
         m.d.comb += abort.eq((found != 0) | (fault != 0) | length_bad)
 
@@ -485,37 +510,35 @@ class MaskDecoder(wiring.Component):
         def saturated(value):
             return Mux(value[value_width:] != 0, (1 << value_width) - 1, value[:value_width])
 
-        def fail(m, reason):
-            with m.If((fault == 0) & (found == 0)):
-                m.d.sync += fault.eq(reason)
-            go(m, "TAIL")
-
         def start_values(m):
             """After the index section: the values, or nothing when kept = 0."""
-            m.d.sync += index.eq(0)
-            with m.If(kept == 0):
+            m.d.sync += [index.eq(0), index_last.eq(kept_one)]
+            with m.If(kept_zero):
                 go(m, "TAIL")
             with m.Elif(is_bitmask):
-                m.d.sync += prefill.eq(0)
+                m.d.sync += [prefill.eq(0), wait.eq(0)]
                 go(m, "PREFILL_ITEMS")
             with m.Elif(is_rle):
+                m.d.sync += wait.eq(0)
                 go(m, "PREFILL_POSITIONS")
             with m.Else():
-                go(m, "WAIT_POSITIONS")
+                m.d.sync += wait.eq(2)          # the last index's position is written 2 cycles later
+                go(m, "PREFILL_POSITIONS")
 
         def start_index(m):
             """After the header (and predictor): the first index section."""
-            m.d.sync += [index.eq(0), field_byte.eq(0), list_count.eq(0), population.eq(0), position.eq(0),
-                         value_codes.eq(0), first_bad.eq(0), decreasing.eq(0)]
+            m.d.sync += [index.eq(0), section_left.eq(index_section), section_one.eq(index_section_one)]
             with m.If(is_bitmask):
-                m.d.sync += section_left.eq(mask_bytes), section_one.eq(mask_bytes == 1)
                 go(m, "MASK")
             with m.Elif(is_rle):
-                m.d.sync += [section_left.eq(4), section_one.eq(0)]
                 go(m, "RLE_COUNT")
             with m.Else():
-                m.d.sync += [section_left.eq(pointer_bytes), section_one.eq(pointer_bytes == 1)]
                 go(m, "POINTERS")
+
+        def reset_walk(m):
+            """In the header and predictor: the index section's counters start from 0."""
+            m.d.sync += [field_byte.eq(0), list_count.eq(0), population.eq(0), position.eq(0),
+                         value_codes.eq(0), first_bad.eq(0), decreasing.eq(0)]
 
         def walk_end(m):
             """Called last in every state of the walk: a bad stream stops walking, and a stream
@@ -543,8 +566,9 @@ class MaskDecoder(wiring.Component):
 
         with m.FSM(init="CLEAR"):
             with m.State("HEADER"):
+                reset_walk(m)
                 with m.If(take & header_last):
-                    fields_ok = ~magic_bad & ~version_bad & ~fields_bad
+                    fields_ok = header_good
                     m.d.sync += [
                         header_bad.eq(fields_bad),
                         length_bad.eq(~fields_bad & bad_length),
@@ -564,6 +588,7 @@ class MaskDecoder(wiring.Component):
                 stream_end(m)
 
             with m.State("PREDICTOR"):
+                reset_walk(m)
                 with m.If(take):
                     m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1), section_one.eq(section_left == 2)]
                     with m.If(index < 8):
@@ -637,26 +662,25 @@ class MaskDecoder(wiring.Component):
                                      check_pointer_first.eq(index == 0), check_pointer_major.eq(index - 1),
                                      check_pointer_last.eq(section_one)]
                     with m.If(section_one):
-                        with m.If(kept == 0):
+                        with m.If(kept_zero):
                             go(m, "TAIL")
                         with m.Else():
-                            m.d.sync += [index.eq(0), prefill.eq(1)]
-                            go(m, "WAIT_ITEMS")
-                walk_end(m)
-
-            with m.State("WAIT_ITEMS"):
-                # the last pointer's item is written this cycle
-                go(m, "PREFILL_ITEMS")
+                            # the last pointer's item is written the cycle after its byte
+                            m.d.sync += [index.eq(0), index_last.eq(kept_one), prefill.eq(1), wait.eq(1)]
+                            go(m, "PREFILL_ITEMS")
                 walk_end(m)
 
             with m.State("PREFILL_ITEMS"):
-                # two cycles: read item 0 (addr forced), then hold it; items_r then shows item 1
+                # read item 0 (addr forced; `wait` more cycles first), then hold it in
+                # PREFILL_ITEMS_2; items_r then shows item 1
                 m.d.comb += items_addr_override.eq(1)
-                m.d.sync += item.eq(0)
-                go(m, "PREFILL_ITEMS_2")
+                m.d.sync += [item.eq(0), wait.eq(wait - 1)]
+                with m.If(wait == 0):
+                    go(m, "PREFILL_ITEMS_2")
                 walk_end(m)
             with m.State("PREFILL_ITEMS_2"):
                 m.d.sync += [item_major.eq(item_data.major), item_last.eq(item_data.last),
+                             line_last.eq(item_data.single),
                              item_bits.eq(item_word.bits), line_first.eq(1), field_byte.eq(0)]
                 with m.If(prefill):
                     go(m, "INDICES")
@@ -679,53 +703,45 @@ class MaskDecoder(wiring.Component):
                                      check_index_col.eq(Mux(is_csr, value, item_major)),
                                      check_index_first.eq(line_first),
                                      check_index_entry.eq(index),
-                                     index.eq(index + 1), line_first.eq(0)]
-                        with m.If(index == item_last):
+                                     index.eq(index + 1), index_last.eq(index == kept_last_2), line_first.eq(0),
+                                     line_last.eq(index + 1 == item_last)]
+                        with m.If(line_last):
                             m.d.comb += items_advance.eq(1)
                             m.d.sync += [item.eq(item + 1), item_major.eq(item_data.major),
-                                         item_last.eq(item_data.last), line_first.eq(1)]
-                        with m.If(index == kept_last):
+                                         item_last.eq(item_data.last), line_first.eq(1),
+                                         line_last.eq(item_data.single)]
+                        with m.If(index_last):
                             start_values(m)
                 walk_end(m)
 
-            with m.State("WAIT_POSITIONS"):
-                # CSR/CSC: the last index's position is written two cycles after its byte
-                go(m, "WAIT_POSITIONS_2")
-                walk_end(m)
-            with m.State("WAIT_POSITIONS_2"):
-                go(m, "PREFILL_POSITIONS")
-                walk_end(m)
-
             with m.State("PREFILL_POSITIONS"):
-                go(m, "VALUES")
+                # read position 0 (after `wait` cycles: CSR/CSC positions are written late)
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    go(m, "VALUES")
                 walk_end(m)
 
             with m.State("VALUES"):
                 with m.If(take):
-                    m.d.comb += pos_advance.eq(1)
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(byte == 0x80):
-                        fail(m, StreamError.BAD_VALUE)
-                    with m.Else():
-                        m.d.comb += [write_value.eq(1), write_pos.eq(pos_r.data)]
-                        with m.If(index == kept_last):
-                            go(m, "TAIL")
+                    m.d.comb += [pos_advance.eq(1), write_value.eq(1), write_pos.eq(pos_r.data)]
+                    m.d.sync += [index.eq(index + 1), index_last.eq(index == kept_last_2),
+                                 check_value.eq(byte == 0x80)]
+                    with m.If(index_last):
+                        go(m, "TAIL")
                 walk_end(m)
 
             with m.State("VALUES_BITMASK"):
                 remaining = item_bits & (item_bits - 1)
                 with m.If(take):
-                    m.d.sync += [index.eq(index + 1), item_bits.eq(remaining)]
-                    with m.If(byte == 0x80):
-                        fail(m, StreamError.BAD_VALUE)
-                    with m.Else():
-                        m.d.comb += [write_value.eq(1), write_pos.eq(Cat(lowest, item_major))]
-                        with m.If(remaining == 0):
-                            m.d.comb += items_advance.eq(1)
-                            m.d.sync += [item.eq(item + 1), item_major.eq(item_word.word),
-                                         item_bits.eq(item_word.bits)]
-                        with m.If(index == kept_last):
-                            go(m, "TAIL")
+                    m.d.comb += [write_value.eq(1), write_pos.eq(Cat(lowest, item_major))]
+                    m.d.sync += [index.eq(index + 1), index_last.eq(index == kept_last_2), item_bits.eq(remaining),
+                                 check_value.eq(byte == 0x80)]
+                    with m.If(remaining == 0):
+                        m.d.comb += items_advance.eq(1)
+                        m.d.sync += [item.eq(item + 1), item_major.eq(item_word.word),
+                                     item_bits.eq(item_word.bits)]
+                    with m.If(index_last):
+                        go(m, "TAIL")
                 walk_end(m)
 
             with m.State("TAIL"):
@@ -763,7 +779,7 @@ class MaskDecoder(wiring.Component):
                     with m.Else():
                         m.d.sync += self.streams_bad.eq(self.streams_bad + 1)
                     m.d.sync += [count.eq(0), crc.eq(CRC32_INIT), magic_bad.eq(0), version_bad.eq(0),
-                                 header_bad.eq(0), length_bad.eq(0), fault.eq(0), timed_out.eq(0), header_last.eq(0),
+                                 header_bad.eq(0), length_bad.eq(0), fault.eq(0), timed_out.eq(0), header_last.eq(0), in_stream.eq(0),
                                  clear_word.eq(0)]
                     go(m, "CLEAR")
 
@@ -779,29 +795,41 @@ class MaskDecoder(wiring.Component):
                     go(m, "HEADER")
 
         # --- the deferred checks and the pipelined writes ------------------------------------------
-        # At most one section's check is due in a cycle (sections are walked one after another),
-        # so the faults found are ORed, each with golden's order inside its section; the result
-        # is registered (found) and becomes the stream's fault the cycle after, if it is the first.
+        # Every fault goes through the same pipeline, so they stay in byte order: the byte's
+        # operands are registered with it (check_*), compared the next cycle into registered
+        # flags, which the cycle after give the code (golden's order inside a section; at most
+        # one section's check is due in a cycle, so the codes are ORed) into `found`, which
+        # becomes the stream's fault the cycle after that if it is the first.
         faults = []
 
-        def found_if(condition, reason):
-            faults.append(Mux(condition, reason, 0))
+        def found_if(valid, *rules):
+            due = Signal()
+            m.d.sync += due.eq(valid)
+            code = 0
+            for condition, reason in reversed(rules):
+                flag = Signal()
+                m.d.sync += flag.eq(condition)
+                code = Mux(flag, reason, code)
+            faults.append(Mux(due, code, 0))
 
         # predictor: a shift above 15 or a reserved byte not 0
-        found_if(check_predictor, StreamError.BAD_PREDICTOR)
+        found_if(check_predictor, (1, StreamError.BAD_PREDICTOR))
 
         # bitmask, after the mask: BAD_PADDING, then COUNT_MISMATCH
-        found_if(check_mask, Mux(check_padding, StreamError.BAD_PADDING,
-                                 Mux(population != kept, StreamError.COUNT_MISMATCH, 0)))
+        found_if(check_mask, (check_padding, StreamError.BAD_PADDING),
+                 (population != kept, StreamError.COUNT_MISMATCH))
 
         # RLE code count: C = L − P − 4 − k (golden raises BAD_LENGTH), and no codes for kept > 0
-        found_if(check_count, Mux(rle_codes != rle_codes_expected, StreamError.BAD_LENGTH,
-                                  Mux(no_codes & (kept != 0), StreamError.COUNT_MISMATCH, 0)))
+        found_if(check_count, (rle_codes != rle_codes_expected, StreamError.BAD_LENGTH),
+                 (no_codes & ~kept_zero, StreamError.COUNT_MISMATCH))
 
         # RLE, after the codes: RUN_PAST_END, DANGLING_ESCAPE, COUNT_MISMATCH (golden's order)
-        found_if(check_codes, Mux(position > entries, StreamError.RUN_PAST_END,
-                                  Mux(check_escape, StreamError.DANGLING_ESCAPE,
-                                      Mux(value_codes != kept, StreamError.COUNT_MISMATCH, 0))))
+        found_if(check_codes, (position > entries, StreamError.RUN_PAST_END),
+                 (check_escape, StreamError.DANGLING_ESCAPE),
+                 (value_codes != kept, StreamError.COUNT_MISMATCH))
+
+        # values: −128
+        found_if(check_value, (1, StreamError.BAD_VALUE))
 
         # RLE walk: the mask bit of a value code inside the tensor
         with m.If(rle_set & (rle_set_pos < entries)):
@@ -817,13 +845,15 @@ class MaskDecoder(wiring.Component):
             with m.Elif(below):
                 m.d.sync += decreasing.eq(1)
             with m.Elif(above & ~decreasing & (list_count < max_entries)):
+                # the row/column, its last entry and whether it has only one
+                single = check_pointer_value == pointer_previous + 1
                 m.d.comb += [items_w.addr.eq(list_count),
-                             items_w.data.eq(Cat(check_pointer_major, (check_pointer_value - 1)[:ew])),
+                             items_w.data.eq(Cat(check_pointer_major[:ib], (check_pointer_value - 1)[:ib], single)),
                              items_w.en.eq(1)]
                 m.d.sync += list_count.eq(list_count + 1)
         found_if(check_pointer & check_pointer_last,
-                 Mux(first_bad | (check_pointer_value != kept_limit), StreamError.COUNT_MISMATCH,
-                     Mux(decreasing | below, StreamError.NON_MONOTONIC, 0)))
+                 (first_bad | (check_pointer_value != kept_limit), StreamError.COUNT_MISMATCH),
+                 (decreasing | below, StreamError.NON_MONOTONIC))
 
         # CSR/CSC indices: range, then order within the row/column; a good index's flat position
         # (row · cols + col) is a product registered one cycle and a sum the next
@@ -835,8 +865,8 @@ class MaskDecoder(wiring.Component):
         not_increasing = ~check_index_first & (check_index_value <= index_previous)
         with m.If(check_index):
             m.d.sync += index_previous.eq(check_index_value)
-        found_if(check_index, Mux(out_of_range, StreamError.INDEX_OUT_OF_RANGE,
-                                  Mux(not_increasing, StreamError.NON_MONOTONIC, 0)))
+        found_if(check_index, (out_of_range, StreamError.INDEX_OUT_OF_RANGE),
+                 (not_increasing, StreamError.NON_MONOTONIC))
         m.d.sync += [
             index_ok.eq(check_index & ~out_of_range & ~not_increasing),
             product.eq(check_index_row * cols),
