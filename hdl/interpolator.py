@@ -60,12 +60,12 @@ def booth_product(m, coefficient, value):
 
 
 def adder_tree(m, operands):
-    """Sum of ``operands`` as a tree of two-operand 18-bit adds (carry chains)."""
+    """Sum of ``operands`` as a tree of two-operand 19-bit adds (carry chains)."""
     level = list(operands)
     while len(level) > 1:
         pairs = []
         for a, b in zip(level[0::2], level[1::2]):
-            pair = Signal(signed(18), attrs={"keep": 1})
+            pair = Signal(signed(19), attrs={"keep": 1})
             m.d.comb += pair.eq(a + b)
             pairs.append(pair)
         level = pairs + level[len(pairs) * 2:]
@@ -117,8 +117,8 @@ class Interpolator(wiring.Component):
     """
 
     #: Clock edges from ``start`` to the first weight beyond the plane width: the first read,
-    #: its data, the entry that completes the window, three stages (products; their sum;
-    #: rounding, clamp and choice) and the output register.
+    #: its data, the entry that completes the window, three stages (products; their sum with
+    #: the rounding term; shift, clamp and choice) and the output register.
     LATENCY = 7
 
     def __init__(self, *, max_entries=2048):
@@ -176,6 +176,9 @@ class Interpolator(wiring.Component):
         one_row = Signal()                    # planes of one row: the entry being read is the window's middle row
         coefficients = Signal(data.ArrayLayout(signed(8), 8))
         shift = Signal(4)
+        half = Signal(15)                     # 2^(s−1), 0 when s = 0
+        above_max = Signal(signed(24))        # 128·2^s
+        below_min = Signal(signed(24))        # −127·2^s
 
         out_valid = Signal()
         advance = Signal()                    # every stage moves on (a global stall while the output waits)
@@ -266,19 +269,21 @@ class Interpolator(wiring.Component):
         m.d.comb += correction.eq(sum(negatives[j] for j in range(len(LEARNED_OFFSETS))))
         window_products = [booth_product(m, coefficients[j], neighbour(dy, dx)[0])
                            for j, (dy, dx) in enumerate(LEARNED_OFFSETS)]
-        product_sum = adder_tree(m, products + [Cat(Const(0, 6), correction).as_unsigned()])
+        # with the rounding term 2^(s−1) (|Σ| ≤ 8·128·127 + 2^14 < 2^18)
+        product_sum = adder_tree(m, products + [Cat(Const(0, 6), correction).as_unsigned(), half])
         d_linear = Signal(signed(8))
         d_centre = Signal(signed(8))
-        # E: the learned sum (|Σ| ≤ 8·128·127 < 2^17)
+        # E: the learned sum, rounding term included
         e_valid = Signal()
-        total = Signal(signed(18))
+        total = Signal(signed(19))
         e_linear = Signal(signed(8))
         e_centre = Signal(signed(8))
 
-        half = (Const(1, 16) << shift) >> 1                 # 2^(s-1), 0 when s = 0
-        rounded = Signal(signed(18))
-        m.d.comb += rounded.eq((total + half) >> shift)
-        learned_guess = Mux(rounded > 127, 127, Mux(rounded < -127, -127, rounded))
+        # floor(Σ / 2^s) > 127 ⟺ Σ ≥ 128·2^s, < −127 ⟺ Σ < −127·2^s: the saturation compares
+        # run beside the shift, against per-pass thresholds
+        rounded = Signal(signed(8))
+        m.d.comb += rounded.eq(total >> shift)
+        learned_guess = Mux(total >= above_max, 127, Mux(total < below_min, -127, rounded))
         guess = Mux(method == 1, e_linear, Mux(method == 2, learned_guess, 0))
 
         # F: the output register
@@ -320,6 +325,9 @@ class Interpolator(wiring.Component):
                 one_row.eq(single),
                 coefficients.eq(tensor.coefficients),
                 shift.eq(tensor.shift),
+                half.eq((Const(1, 16) << tensor.shift) >> 1),
+                above_max.eq(Const(128, signed(24)) << tensor.shift),
+                below_min.eq(Const(-127, signed(24)) << tensor.shift),
                 item.eq(0), item_x.eq(0), lag.eq(Mux(single, 1, plane_width + 1)),
                 y.eq(0), x.eq(0), index.eq(0),
             ]
