@@ -74,7 +74,7 @@ class MaskDecoder(wiring.Component):
     -------
     i_stream : In(stream.Signature(byte_layout))
         The stream bytes. ``ready`` is high except for the cycles listed in the docs
-        (two before a bitmask value section, three before CSR/CSC indices, one before RLE
+        (two before a bitmask value section, four before CSR/CSC indices, one before RLE
         and three before CSR/CSC values, two at the end, and the clear).
     rd_addr : In(range(max_entries))
         Consumer read port on the good bank: entry (flat index of the matrix view).
@@ -137,7 +137,7 @@ class MaskDecoder(wiring.Component):
         max_entries, words = self._max_entries, self.words
         ew = max_entries.bit_length()                 # holds 0 … max_entries
         ib = max(max_entries - 1, 1).bit_length()        # an entry index: 0 … max_entries − 1
-        list_width = max(2 * ib + 1, words.bit_length() + 8)
+        list_width = max(2 * ib + 1, words.bit_length() + 9)
 
         # --- memories -------------------------------------------------------------------------
         # both banks in one memory each, the bank the top address bit: no bank multiplexer
@@ -299,12 +299,25 @@ class MaskDecoder(wiring.Component):
         section_one = Signal()                            # section_left == 1
         field = Signal(32)                                # multi-byte field being assembled
         field_byte = Signal(2)
+        field_last = Signal()                             # field_byte is the field's last byte
+
+        def next_field_byte(m, shift, complete):
+            """field_byte and field_last after a byte of a (1 << shift)-byte field."""
+            with m.If(complete):
+                m.d.sync += [field_byte.eq(0), field_last.eq(shift == 0)]
+            with m.Else():
+                m.d.sync += [field_byte.eq(field_byte + 1),
+                             field_last.eq(Mux(shift == 1, field_byte == 0, field_byte == 2))]
         index = Signal(ew + 1)                            # entry / pointer / mask byte / predictor byte
         list_count = Signal(range(max_entries + 1))       # items written
         item = Signal(range(max_entries + 1))             # items consumed
         item_major = Signal(ew)
         item_last = Signal(ew)                            # the item's end pointer − 1
         item_bits = Signal(8)
+        bits_last = Signal()                              # item_bits has one bit set (or none)
+
+        def at_most_one(bits):
+            return (bits & (bits - 1)) == 0
         # Pointers and indices are checked as ew + 1 bits, a larger value saturated to all ones:
         # above any kept count or minor dimension, which keeps every comparison's outcome
         value_width = ew + 1
@@ -350,13 +363,15 @@ class MaskDecoder(wiring.Component):
         m.d.sync += [check_predictor.eq(0), check_value.eq(0), check_mask.eq(0), check_count.eq(0), check_codes.eq(0), check_pointer.eq(0),
                      check_index.eq(0)]
         found = Signal(4)                                 # a fault the deferred checks found last cycle
-        abort = Signal()                                  # stop walking: the stream is bad
+        abort = Signal()                                  # stop walking: the stream is bad (registered)
 
         items_advance = Signal()
         items_addr_override = Signal()
-        m.d.comb += items_r.addr.eq(Mux(items_addr_override, 0, Mux(items_advance, item + 2, item + 1)))
+        item_1 = Signal.like(item)                         # item + 1 and item + 2, registered
+        item_2 = Signal.like(item)
+        m.d.comb += items_r.addr.eq(Mux(items_addr_override, 0, Mux(items_advance, item_2, item_1)))
         item_data = data.View(data.StructLayout({"major": ib, "last": ib, "single": 1}), items_r.data)
-        item_word = data.View(data.StructLayout({"word": list_width - 8, "bits": 8}), items_r.data)
+        item_word = data.View(data.StructLayout({"word": list_width - 9, "bits": 8, "single": 1}), items_r.data)
 
         pos_advance = Signal()
         m.d.comb += pos_r.addr.eq(Mux(pos_advance, index + 1, index))
@@ -500,7 +515,7 @@ class MaskDecoder(wiring.Component):
         # (`in_stream` falls in DECIDE: a fault found after it belongs to no stream)
         with m.If((found != 0) & (fault == 0) & in_stream):
             m.d.sync += fault.eq(found)
-        m.d.comb += abort.eq((found != 0) | (fault != 0) | length_bad)
+        m.d.sync += abort.eq((found != 0) | (fault != 0) | length_bad)
 
         # kept and the minor dimension as ew + 1 bits (exact whenever the header is good)
         minor_limit = Signal(value_width)
@@ -537,7 +552,8 @@ class MaskDecoder(wiring.Component):
 
         def reset_walk(m):
             """In the header and predictor: the index section's counters start from 0."""
-            m.d.sync += [field_byte.eq(0), list_count.eq(0), population.eq(0), position.eq(0),
+            m.d.sync += [field_byte.eq(0), field_last.eq(pw_shift == 0), list_count.eq(0), population.eq(0),
+                         position.eq(0),
                          value_codes.eq(0), first_bad.eq(0), decreasing.eq(0)]
 
         def walk_end(m):
@@ -603,7 +619,7 @@ class MaskDecoder(wiring.Component):
                 walk_end(m)
 
             with m.State("MASK"):
-                mask_word_index = Signal(list_width - 8)         # the item's `word` field, zero-extended
+                mask_word_index = Signal(list_width - 9)         # the item's `word` field, zero-extended
                 m.d.comb += mask_word_index.eq(index)
                 popcount = sum(byte[i] for i in range(8))
                 m.d.comb += mask_direct_word.eq(index)
@@ -612,7 +628,7 @@ class MaskDecoder(wiring.Component):
                     m.d.sync += [index.eq(index + 1), section_left.eq(section_left - 1), section_one.eq(section_left == 2),
                                  population.eq(population + popcount)]
                     with m.If(byte != 0):
-                        m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat(mask_word_index, byte)),
+                        m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(Cat(mask_word_index, byte, at_most_one(byte))),
                                      items_w.en.eq(1)]
                         m.d.sync += list_count.eq(list_count + 1)
                     with m.If(section_one):
@@ -653,10 +669,11 @@ class MaskDecoder(wiring.Component):
                 m.d.comb += pointer.eq(Mux(field_byte == 0, byte,
                                            Mux(field_byte == 1, Cat(field[:8], byte),
                                                Mux(field_byte == 2, Cat(field[:16], byte), Cat(field[:24], byte)))))
-                complete = field_byte == (1 << pw_shift) - 1
+                complete = field_last
                 with m.If(take):
-                    m.d.sync += [section_left.eq(section_left - 1), section_one.eq(section_left == 2), field.eq(pointer),
-                                 field_byte.eq(Mux(complete, 0, field_byte + 1))]
+                    m.d.sync += [section_left.eq(section_left - 1), section_one.eq(section_left == 2),
+                                 field.eq(pointer)]
+                    next_field_byte(m, pw_shift, complete)
                     with m.If(complete):
                         m.d.sync += [index.eq(index + 1), check_pointer.eq(1), check_pointer_value.eq(saturated(pointer)),
                                      check_pointer_first.eq(index == 0), check_pointer_major.eq(index - 1),
@@ -665,8 +682,8 @@ class MaskDecoder(wiring.Component):
                         with m.If(kept_zero):
                             go(m, "TAIL")
                         with m.Else():
-                            # the last pointer's item is written the cycle after its byte
-                            m.d.sync += [index.eq(0), index_last.eq(kept_one), prefill.eq(1), wait.eq(1)]
+                            # the last pointer's item is written two cycles after its byte
+                            m.d.sync += [index.eq(0), index_last.eq(kept_one), prefill.eq(1), wait.eq(2)]
                             go(m, "PREFILL_ITEMS")
                 walk_end(m)
 
@@ -674,14 +691,15 @@ class MaskDecoder(wiring.Component):
                 # read item 0 (addr forced; `wait` more cycles first), then hold it in
                 # PREFILL_ITEMS_2; items_r then shows item 1
                 m.d.comb += items_addr_override.eq(1)
-                m.d.sync += [item.eq(0), wait.eq(wait - 1)]
+                m.d.sync += [item.eq(0), item_1.eq(1), item_2.eq(2), wait.eq(wait - 1)]
                 with m.If(wait == 0):
                     go(m, "PREFILL_ITEMS_2")
                 walk_end(m)
             with m.State("PREFILL_ITEMS_2"):
                 m.d.sync += [item_major.eq(item_data.major), item_last.eq(item_data.last),
                              line_last.eq(item_data.single),
-                             item_bits.eq(item_word.bits), line_first.eq(1), field_byte.eq(0)]
+                             item_bits.eq(item_word.bits), bits_last.eq(item_word.single),
+                             line_first.eq(1), field_byte.eq(0), field_last.eq(iw_shift == 0)]
                 with m.If(prefill):
                     go(m, "INDICES")
                 with m.Else():
@@ -694,9 +712,10 @@ class MaskDecoder(wiring.Component):
                 m.d.comb += value.eq(Mux(field_byte == 0, byte,
                                          Mux(field_byte == 1, Cat(field[:8], byte),
                                              Mux(field_byte == 2, Cat(field[:16], byte), Cat(field[:24], byte)))))
-                complete = field_byte == (1 << iw_shift) - 1
+                complete = field_last
                 with m.If(take):
-                    m.d.sync += [field.eq(value), field_byte.eq(Mux(complete, 0, field_byte + 1))]
+                    m.d.sync += field.eq(value)
+                    next_field_byte(m, iw_shift, complete)
                     with m.If(complete):
                         m.d.sync += [check_index.eq(1), check_index_value.eq(saturated(value)),
                                      check_index_row.eq(Mux(is_csr, item_major, value)),
@@ -707,7 +726,7 @@ class MaskDecoder(wiring.Component):
                                      line_last.eq(index + 1 == item_last)]
                         with m.If(line_last):
                             m.d.comb += items_advance.eq(1)
-                            m.d.sync += [item.eq(item + 1), item_major.eq(item_data.major),
+                            m.d.sync += [item.eq(item_1), item_1.eq(item_2), item_2.eq(item + 3), item_major.eq(item_data.major),
                                          item_last.eq(item_data.last), line_first.eq(1),
                                          line_last.eq(item_data.single)]
                         with m.If(index_last):
@@ -735,11 +754,11 @@ class MaskDecoder(wiring.Component):
                 with m.If(take):
                     m.d.comb += [write_value.eq(1), write_pos.eq(Cat(lowest, item_major))]
                     m.d.sync += [index.eq(index + 1), index_last.eq(index == kept_last_2), item_bits.eq(remaining),
-                                 check_value.eq(byte == 0x80)]
-                    with m.If(remaining == 0):
+                                 bits_last.eq(at_most_one(remaining)), check_value.eq(byte == 0x80)]
+                    with m.If(bits_last):
                         m.d.comb += items_advance.eq(1)
-                        m.d.sync += [item.eq(item + 1), item_major.eq(item_word.word),
-                                     item_bits.eq(item_word.bits)]
+                        m.d.sync += [item.eq(item_1), item_1.eq(item_2), item_2.eq(item + 3), item_major.eq(item_word.word),
+                                     item_bits.eq(item_word.bits), bits_last.eq(item_word.single)]
                     with m.If(index_last):
                         go(m, "TAIL")
                 walk_end(m)
@@ -844,13 +863,18 @@ class MaskDecoder(wiring.Component):
                 m.d.sync += first_bad.eq(check_pointer_value != 0)
             with m.Elif(below):
                 m.d.sync += decreasing.eq(1)
-            with m.Elif(above & ~decreasing & (list_count < max_entries)):
-                # the row/column, its last entry and whether it has only one
-                single = check_pointer_value == pointer_previous + 1
-                m.d.comb += [items_w.addr.eq(list_count),
-                             items_w.data.eq(Cat(check_pointer_major[:ib], (check_pointer_value - 1)[:ib], single)),
-                             items_w.en.eq(1)]
-                m.d.sync += list_count.eq(list_count + 1)
+        # a nonempty row/column (its index, its last entry, whether it has only one) is written
+        # to the item list the cycle after (the list's address is in range whatever the bytes)
+        item_write = Signal()
+        item_entry = Signal(list_width)
+        m.d.sync += [
+            item_write.eq(check_pointer & ~check_pointer_first & ~below & above & ~decreasing),
+            item_entry.eq(Cat(check_pointer_major[:ib], (check_pointer_value - 1)[:ib],
+                              check_pointer_value == pointer_previous + 1)),
+        ]
+        with m.If(item_write):
+            m.d.comb += [items_w.addr.eq(list_count), items_w.data.eq(item_entry), items_w.en.eq(1)]
+            m.d.sync += list_count.eq(list_count + 1)
         found_if(check_pointer & check_pointer_last,
                  (first_bad | (check_pointer_value != kept_limit), StreamError.COUNT_MISMATCH),
                  (decreasing | below, StreamError.NON_MONOTONIC))

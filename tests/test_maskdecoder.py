@@ -243,11 +243,11 @@ def test_bad_stream_keeps_last_good_tensor():
 
 def test_throughput_one_byte_per_clock():
     """Without stalls a stream of B bytes takes B + 2 cycles plus the prefill cycles before its
-    values (bitmask 2, RLE 1, CSR/CSC 6; none when kept = 0): one byte, so one value, per clock
+    values (bitmask 2, RLE 1, CSR/CSC 7; none when kept = 0): one byte, so one value, per clock
     at any density. The clear that follows is not in the count (docs/maskdecoder.md)."""
     rng = np.random.default_rng(9)
     dut = MaskDecoder(max_entries=MAX_ENTRIES, timeout_cycles=64)
-    for encoding, prefill in (("bitmask", 2), ("rle", 1), ("csr", 6), ("csc", 6)):
+    for encoding, prefill in (("bitmask", 2), ("rle", 1), ("csr", 7), ("csc", 7)):
         for density in (0.0, 0.05, 0.5, 1.0):
             data = random_tensor_stream(rng, MAX_ENTRIES, encoding=encoding, density=density)
             (code, *_, cycles), = decode_streams(dut, [data], read_back=False)
