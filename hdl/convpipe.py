@@ -253,11 +253,15 @@ class SparseConvPipeline(wiring.Component):
         m.submodules.window = window = self._window
         m.submodules.engine = engine = self._engine
         # Register slices where a ready chain would otherwise cross blocks: after the fork on
-        # both branches (the fork's `ready` joins the two) and before the engine's window input
-        # (the engine's position end reaching back through the window generator and the FIFO).
+        # both branches (the fork's `ready` joins the two), before the engine's window input
+        # (the engine's position end reaching back through the window generator and the FIFO)
+        # and before the kernel scaler (the engine's position end, through the scaler, reaching
+        # the density window and the density unit). The engine's tap lists are not sliced: a
+        # slice would hold two copies of C_out lists.
         m.submodules.to_density = to_density = StreamRegister(self._pixel_layout)
         m.submodules.to_fifo = to_fifo = StreamRegister(self._pixel_layout)
         m.submodules.to_engine = to_engine = StreamRegister(window.o_stream.payload.shape())
+        m.submodules.to_scaler = to_scaler = StreamRegister(scaler.i_stream.payload.shape())
 
         # -------- size gate: a frame some block would drop never reaches either branch --------------
         # (the branches check sizes against different limits: one dropping a frame the other takes
@@ -281,14 +285,15 @@ class SparseConvPipeline(wiring.Component):
             density_window.i_stream.payload.first.eq(density.o_stream.payload.first),
             density_window.i_stream.payload.last.eq(density.o_stream.payload.last),
             density.o_stream.ready.eq(density_window.i_stream.ready),
-            scaler.i_stream.valid.eq(density_window.o_stream.valid),
-            density_window.o_stream.ready.eq(scaler.i_stream.ready),
+            to_scaler.i_stream.valid.eq(density_window.o_stream.valid),
+            density_window.o_stream.ready.eq(to_scaler.i_stream.ready),
         ]
         if self._tiles is None:
-            m.d.comb += scaler.i_stream.payload.eq(
+            m.d.comb += to_scaler.i_stream.payload.eq(
                 tap_densities_from_window(density_window.o_stream.payload))
         else:
-            m.d.comb += scaler.i_stream.payload.eq(density_window.o_stream.payload)
+            m.d.comb += to_scaler.i_stream.payload.eq(density_window.o_stream.payload)
+        connect(m, to_scaler.o_stream, scaler.i_stream)
         connect(m, scaler.o_stream, engine.i_taps)
 
         # pixel branch
@@ -334,7 +339,7 @@ class SparseConvPipeline(wiring.Component):
             engine.clear_errors.eq(self.clear_errors),
             self.busy.eq(density.busy | density_window.busy | scaler.busy | window.busy | engine.busy
                          | fifo.o_stream.valid | draining | to_density.o_stream.valid
-                         | to_fifo.o_stream.valid | to_engine.o_stream.valid),
+                         | to_fifo.o_stream.valid | to_engine.o_stream.valid | to_scaler.o_stream.valid),
         ]
         if self._tiles is None:
             m.d.comb += density_window.pad_mode.eq(PadMode.REPLICATE)
