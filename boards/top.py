@@ -222,16 +222,16 @@ class ConvBoard(LinkBoard):
                                            max_width=max_width, max_height=max_height,
                                            block_size=block_size, requantize=True, tile_size=tile_size)
         self._block_size = block_size
-        weight_count = out_channels * kernel_size ** 2
-        # the decoder's watchdog: a stream whose next packet does not come within the link's
-        # own watchdog is abandoned (TRUNCATED), so the next stream starts clean
-        self.reconstructor = WeightReconstructor(max_entries=max(8, weight_count),
-                                                 timeout_cycles=max(16, clk_freq * watchdog_ms // 1000))
         super().__init__(clk_freq=clk_freq, baud=baud, watchdog_ms=watchdog_ms, link_params=dict(
             channels=1, max_width=max_width, max_height=max_height,
             min_width=self.pipeline.min_width, min_height=self.pipeline.min_height,
             design=Design.CONV, kernel_size=kernel_size, results_per_pixel=out_channels,
             result_bytes=1, weight_stream=True))
+        # (after the link's checks of the clock and watchdog) the decoder's watchdog: a stream whose
+        # next packet does not come within the link's own watchdog is abandoned (TRUNCATED), so the
+        # next stream starts clean
+        self.reconstructor = WeightReconstructor(max_entries=max(8, self.weight_count),
+                                                 timeout_cycles=max(16, clk_freq * watchdog_ms // 1000))
 
     weight_count = property(lambda self: self.pipeline.out_channels * self.pipeline.kernel_size ** 2,
                             doc="Weights: C_out × C_in × K × K (C_in = 1).")
