@@ -475,9 +475,6 @@ class HostLink(wiring.Component):
             chunk_read = chunk.read_port(transparent_for=())
             m.d.comb += [chunk_write.addr.eq(chunk_count), chunk_write.data.eq(rx_byte),
                          self.stream.payload.data.eq(chunk_read.data)]
-        else:
-            chunk_write = Signal(data.StructLayout({"en": 1}))
-            chunk_read = Signal(data.StructLayout({"addr": 8, "en": 1}))
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -525,9 +522,10 @@ class HostLink(wiring.Component):
                                     Cat(*(rx_byte == register for _, register, _ in readable)).any())
                             # every payload byte after the first goes into the chunk memory;
                             # only WEIGHT_STREAM reads it back
-                            with m.If(~slot[0]):
-                                m.d.comb += chunk_write.en.eq(1)
-                                m.d.sync += chunk_count.eq(chunk_count + 1)
+                            if self._weight_stream:
+                                with m.If(~slot[0]):
+                                    m.d.comb += chunk_write.en.eq(1)
+                                    m.d.sync += chunk_count.eq(chunk_count + 1)
                             m.d.sync += [slot.eq(slot << 1), payload_left.eq(payload_left - 1),
                                          payload_last.eq(payload_left == 2)]
                             with m.If(payload_last):
@@ -597,35 +595,37 @@ class HostLink(wiring.Component):
                         m.d.sync += [area.eq(0), multiplicand.eq(self.width),
                                      multiplier.eq(self.height), multiplier_zero.eq(self.height == 0)]
                         m.next = "FRAME_SIZE"
-                with m.Elif(is_stream & self._weight_stream):
-                    with m.If(~length_2_up):
-                        reply(Status.BAD_LENGTH)
-                    with m.Elif(address[1:] != 0):
-                        reply(Status.BAD_VALUE)
-                    with m.Else():
-                        m.d.sync += [chunk_next.eq(0), stream_final.eq(address[0])]
-                        m.next = "STREAM"
+                if self._weight_stream:
+                    with m.Elif(is_stream):
+                        with m.If(~length_2_up):
+                            reply(Status.BAD_LENGTH)
+                        with m.Elif(address[1:] != 0):
+                            reply(Status.BAD_VALUE)
+                        with m.Else():
+                            m.d.sync += [chunk_next.eq(0), stream_final.eq(address[0])]
+                            m.next = "STREAM"
                 with m.Else():
                     reply(Status.UNKNOWN_COMMAND)
 
-            # WEIGHT_STREAM: the checked packet's bytes, from the chunk memory to `stream`. The
-            # memory's read data is the payload; `en` holds it while the byte waits.
-            with m.State("STREAM"):
-                load = ~self.stream.valid | self.stream.ready
-                m.d.comb += [chunk_read.addr.eq(chunk_next), chunk_read.en.eq(load)]
-                with m.If(load):
-                    with m.If(chunk_next != chunk_count):
-                        m.d.sync += [self.stream.valid.eq(1), chunk_next.eq(chunk_next + 1),
-                                     self.stream.payload.last.eq(stream_final &
-                                                                 (chunk_next == chunk_count - 1))]
-                    with m.Else():
+            if self._weight_stream:
+                # WEIGHT_STREAM: the checked packet's bytes, from the chunk memory to `stream`. The
+                # memory's read data is the payload; `en` holds it while the byte waits.
+                with m.State("STREAM"):
+                    load = ~self.stream.valid | self.stream.ready
+                    m.d.comb += [chunk_read.addr.eq(chunk_next), chunk_read.en.eq(load)]
+                    with m.If(load):
+                        with m.If(chunk_next != chunk_count):
+                            m.d.sync += [self.stream.valid.eq(1), chunk_next.eq(chunk_next + 1),
+                                         self.stream.payload.last.eq(stream_final &
+                                                                     (chunk_next == chunk_count - 1))]
+                        with m.Else():
+                            m.d.sync += self.stream.valid.eq(0)
+                            reply(Status.OK)
+                    with m.Elif(expired):
+                        # the design stopped taking bytes: the rest of the packet is dropped
                         m.d.sync += self.stream.valid.eq(0)
-                        reply(Status.OK)
-                with m.Elif(expired):
-                    # the design stopped taking bytes: the rest of the packet is dropped
-                    m.d.sync += self.stream.valid.eq(0)
-                    m.d.comb += raised[2].eq(1)
-                    reply(Status.TIMEOUT)
+                        m.d.comb += raised[2].eq(1)
+                        reply(Status.TIMEOUT)
 
             # width · height by shift and add, one bit of the height per cycle: a multiplier
             # here would take a DSP block from the pipeline.

@@ -1,6 +1,7 @@
 """HostLink in amaranth.sim, driven and checked with the host-side protocol code."""
 
 import collections
+import itertools
 import random
 import struct
 
@@ -165,8 +166,11 @@ class Bench:
             await ctx.tick().repeat(5 * TIMEOUT)
             assert len(self.tx_bytes) == count, f"unexpected bytes {self.tx_bytes[count:].hex()}"
 
-        run_simulation(self.dut, [host], processes=[self.tx_sink, self.pipeline],
-                       deadline_cycles=deadline)
+        run_simulation(self.dut, [host], processes=self.processes(), deadline_cycles=deadline)
+
+    def processes(self):
+        """The background processes around the DUT."""
+        return [self.tx_sink, self.pipeline]
 
 
 PATTERNS = [("none", "none", "none"), ("fixed", "fixed", "fixed"),
@@ -556,7 +560,7 @@ class StreamBench(Bench):
         self.received = []          # (byte, last) taken from `stream`
 
     async def stream_sink(self, ctx):
-        allow = (iter(lambda: False, True) if self.stream_pattern == "never"
+        allow = (itertools.repeat(False) if self.stream_pattern == "never"
                  else stall_pattern(self.stream_pattern, seed=self.seed + 5))
         while True:
             ready = next(allow)
@@ -565,15 +569,8 @@ class StreamBench(Bench):
             if ready and valid:
                 self.received.append((payload.data, payload.last))
 
-    def run(self, script, *, deadline=60_000):
-        async def host(ctx):
-            await script(ctx, self)
-            count = len(self.tx_bytes)
-            await ctx.tick().repeat(5 * TIMEOUT)
-            assert len(self.tx_bytes) == count, f"unexpected bytes {self.tx_bytes[count:].hex()}"
-
-        run_simulation(self.dut, [host], processes=[self.tx_sink, self.pipeline, self.stream_sink],
-                       deadline_cycles=deadline)
+    def processes(self):
+        return super().processes() + [self.stream_sink]
 
 
 @pytest.mark.parametrize("rx,sink", [("none", "none"), ("fixed", "random"), ("random", "fixed")])
