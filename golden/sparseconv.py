@@ -71,6 +71,8 @@ per position.
 
 from dataclasses import dataclass
 
+import collections
+
 import numpy as np
 
 from .padmask import block_map, check_mask
@@ -81,7 +83,7 @@ __all__ = [
     "WEIGHT_MAX", "DENSITY_ONE", "PRUNE_THRESHOLD_MAX", "MULTIPLIER_MAX", "SHIFT_MAX",
     "TapLists", "check_weights", "check_tile_size", "accumulator_width",
     "tap_densities", "scale_weights", "tap_lists", "dense_tap_lists", "expand_tiles",
-    "sparse_conv", "requantize", "cycles_per_position",
+    "sparse_conv", "requantize", "cycles_per_position", "engine_cycles", "walker_channels",
     "tap_densities_float", "conv_float",
 ]
 
@@ -297,16 +299,121 @@ def expand_tiles(lists, *, height, width, tile_size):
     return lists.map(lambda values: values[rows][:, cols])
 
 
+def walker_channels(out_channels, lanes):
+    """The output channels each walker of :class:`~dynsparse.hdl.sparseconv.SparseConv` walks.
+
+    Lane ``j`` takes the channels ``co`` with ``co mod L = j``; lanes ``2q`` and
+    ``2q + 1`` form walker ``q``, whose channels are those of its lanes in
+    increasing order. Returns ``[(lanes of walker q, channels of walker q), ...]``.
+    """
+    _check_int("output channel count", out_channels, 1)
+    _check_int("lane count", lanes, 1, out_channels)
+    walkers = []
+    for q in range(-(-lanes // 2)):
+        ids = [j for j in (2 * q, 2 * q + 1) if j < lanes]
+        walkers.append((ids, [co for co in range(out_channels) if co % lanes in ids]))
+    return walkers
+
+
 def cycles_per_position(active, *, lanes):
-    """``max(1, Σ_g max_{co ∈ g} active[co])`` for ``active [..., C_out]``."""
+    """Walk steps per position for ``active [..., C_out]``: ``max_q ceil(v_q / |q|)``.
+
+    Walker ``q`` (:func:`walker_channels`) has ``|q|`` lanes (2, or 1 for the last
+    walker of an odd ``L``) and ``v_q = Σ_{co ∈ q} active[co]`` entries to do;
+    its lanes take them from both ends of one vector, two a step. A position
+    without any active tap takes no step (0).
+    """
     active = np.asarray(active, dtype=np.int64)
     c_out = active.shape[-1]
-    _check_int("lane count", lanes, 1, c_out)
-    groups = -(-c_out // lanes)
-    padded = np.zeros((*active.shape[:-1], groups * lanes), np.int64)
-    padded[..., :c_out] = active
-    work = padded.reshape(*active.shape[:-1], groups, lanes).max(axis=-1).sum(axis=-1)
-    return np.maximum(work, 1)
+    steps = np.zeros(active.shape[:-1], np.int64)
+    for ids, channels in walker_channels(c_out, lanes):
+        work = active[..., channels].sum(axis=-1)
+        steps = np.maximum(steps, -(-work // len(ids)))
+    return steps
+
+
+#: Register stages from a walk step to the finished-results register, without and with
+#: requantisation (stage 1 the selected entries, 2 the operands, 3 the accumulators, then
+#: the four requantisation stages).
+RESULT_STAGES = (3, 7)
+
+
+def engine_cycles(active, *, lanes, queue_depth=16, requantize=False, _skip=True):
+    """Cycles of :class:`~dynsparse.hdl.sparseconv.SparseConv` over positions ``active [P, C_out]``.
+
+    A cycle-level model of the engine's position flow, matched cycle for cycle
+    by the RTL when windows and tap lists are always offered and results always
+    taken: counted from the cycle the first window is accepted (cycle 0) to the
+    cycle the last result is offered. Windows pass two registers (W0, W1);
+    from W1 a position is *admitted* into the order queue (``queue_depth``
+    entries) when the queue has room and either it is empty (no active tap: it
+    needs no walk) or the walk register is free or ends its walk in that
+    cycle. A walked position takes :func:`cycles_per_position` steps; its
+    result reaches the finished-results register :data:`RESULT_STAGES` cycles
+    after its last step and waits there until the queue's head is that
+    position. One result is given out per cycle, an empty position's zeros as
+    soon as it is at the head. The walk stops while a finished result cannot
+    enter the register.
+    """
+    walk = cycles_per_position(np.asarray(active).reshape(-1, np.shape(active)[-1]), lanes=lanes).tolist()
+    depth = _check_int("queue depth", queue_depth, 1)
+    stages = RESULT_STAGES[bool(requantize)]
+    positions = len(walk)
+    if positions == 0:
+        return 0
+    offered = 0                                  # windows accepted
+    w0 = w1 = wr = None
+    left = 0                                     # steps left to the walked position
+    pipe = [False] * stages                      # last-step tags between a step and the result
+    finished = False
+    queue = collections.deque()                  # admitted, not given out: True = empty position
+    given, cycle = 0, 0
+    while True:
+        if _skip and wr is not None and left > 1 and not any(pipe) and not (queue and (queue[0] or finished)) \
+                and (w1 is None or walk[w1] or len(queue) >= depth) \
+                and (w0 is None or w1 is not None) and (w0 is not None or offered == positions):
+            # nothing but the walk can change before its last step: go to it
+            cycle += left - 1
+            left = 1
+        final = pipe[-1]
+        give = bool(queue) and (queue[0] or finished)
+        take = give and not queue[0]
+        advance = not (final and finished and not take)
+        step = wr is not None and advance
+        last_step = step and left == 1
+        admit = w1 is not None and len(queue) < depth and (walk[w1] == 0 or wr is None or last_step)
+        move = w0 is not None and (w1 is None or admit)
+        accept = offered < positions and (w0 is None or move)
+        if give:
+            queue.popleft()
+            given += 1
+            if given == positions:
+                return cycle + 1
+        if admit:
+            queue.append(walk[w1] == 0)
+        if advance:
+            if final:
+                finished = True
+            elif take:
+                finished = False
+            pipe = [last_step] + pipe[:-1]
+        elif take:
+            finished = False
+        if admit and walk[w1]:
+            wr, left = w1, walk[w1]
+        elif last_step:
+            wr = None
+        elif step:
+            left -= 1
+        if move:
+            w1 = w0
+        elif admit:
+            w1 = None
+        if accept:
+            w0, offered = offered, offered + 1
+        elif move:
+            w0 = None
+        cycle += 1
 
 
 def sparse_conv(frame, lists, *, kernel_size, pad_mode="zero", mask=None, block_size=4, lanes=1,

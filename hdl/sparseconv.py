@@ -1,12 +1,14 @@
-"""The sparse-tap convolution engine: output-stationary MAC lanes that walk tap lists."""
+"""The sparse-tap convolution engine: pairs of MAC lanes that walk tap lists from both ends."""
 
 import operator
 
 from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position
+from ..golden.sparseconv import (MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
+                               engine_cycles, walker_channels)
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
 from .requant import REQUANT_STAGES, requantize_stages
@@ -69,20 +71,36 @@ class SparseConv(wiring.Component):
     and one transfer of tap lists (one list per output channel, :mod:`dynsparse.hdl.taps`)
     and gives one transfer of ``C_out`` results.
 
-    Architecture (output-stationary): output channels are processed in groups
-    of ``lanes``; lane ``j`` of group ``g`` computes channel ``g·L + j`` and
-    walks its own list, taking the first entry still to do each cycle. An
-    entry is done when it is performed or skipped: beyond ``count``, malformed,
-    or reading a padding element that ``pad_mode = ZERO`` or a mask bit of 0
-    excludes (nothing is excluded in ``dense`` mode). A group ends when all its
-    lanes are empty; groups without work cost no cycle, a position without any
-    work costs one. Windows pass two registers: W0 takes a window and reads its
-    padding-mask bits, W1 holds the window being walked with its excluded
-    elements in flip-flops. The next position (window in W0, tap list held by
-    its source) is taken in the cycle the current one ends: no bubble. Per
-    lane: entry select → pixel select → registered multiplier operands →
-    multiply-accumulate into the accumulator register (one ``SB_MAC16`` with
-    its accumulator on iCE40; ``MULT18X18D`` and a fabric adder on ECP5).
+    Architecture (output-stationary, flat, empty positions free). An entry of
+    a list is *to do* unless it is beyond ``count``, malformed, or reads a
+    padding element that ``pad_mode = ZERO`` or a mask bit of 0 excludes
+    (nothing is excluded in ``dense`` mode). Lane ``j`` owns the output
+    channels ``co`` with ``co mod L = j``; lanes ``2q`` and ``2q + 1`` form
+    *walker* ``q``, which walks the to-do bits of its lanes' channels as one
+    vector: lane A (``2q``) takes the lowest bit still set each step, lane B
+    (``2q + 1``) the highest, so a walker of ``v`` bits takes ``ceil(v / 2)``
+    steps, and at ``L = 2`` a position's MACs are spread evenly over both
+    lanes whatever their channels. Each lane accumulates the products of one
+    channel and flushes the partial sum when nothing of that channel is left;
+    when A and B both end one channel in the same step, A's result takes
+    their sum. Per lane: entry select → pixel select → registered multiplier
+    operands → multiply-accumulate into the accumulator register (one
+    ``SB_MAC16`` with its accumulator on iCE40; ``MULT18X18D`` and a fabric
+    adder on ECP5).
+
+    Position flow. Windows pass two registers: W0 takes a window and reads
+    its padding-mask bits, W1 holds it with its excluded elements in
+    flip-flops, facing the offered tap list (the *front*). From the front a
+    position is *admitted* into the order queue (``queue_depth`` entries of
+    ``x``, ``y``, ``first``, ``last``): a position with no entry to do is
+    *empty*, needs no walk and is admitted at once, even while another
+    position walks; any other position is admitted when the walk register is
+    free or takes its last step in that cycle (no bubble), and then loads it
+    with its tap entries, pixels and to-do bits. One non-empty position thus
+    waits at the front while one walks, and empty positions pass both.
+    Results leave in admission order: a walked position's results wait in
+    the finished-results register until it is the queue's head; an empty
+    position at the head gives zeros (``requantize`` maps 0 to 0).
 
     Parameters
     ----------
@@ -101,6 +119,9 @@ class SparseConv(wiring.Component):
         ``B``, padding-block size, a power of two in [1, 64].
     requantize : bool
         Give int8 results (``multiplier``, ``shift``) instead of accumulators.
+    queue_depth : int
+        Positions admitted and not yet given out, 1 to 4096 (default 16): how far
+        empty positions may run ahead of a walked one.
 
     Members
     -------
@@ -126,17 +147,17 @@ class SparseConv(wiring.Component):
         Padding-mask write port (:class:`~dynsparse.hdl.padmask.PaddingMask`); the
         mask resets to all-included.
     cycles, performed, skipped_pruned, skipped_zero, skipped_padding : Out(unsigned(32))
-        Counters, wrapping modulo ``2**32``: engine steps (cycles in which the
-        engine performed a MAC step or passed a position without work; stall
-        cycles are not counted), MACs performed, and taps skipped for pruning,
-        zero weight and padding. ``performed`` lags a step by one cycle, the skip
-        counters a position's first step by two; all are final when ``busy`` is 0.
+        Counters, wrapping modulo ``2**32``: walk steps (cycles in which the lanes
+        took a step; empty positions and stall cycles are not counted), MACs
+        performed, and taps skipped for pruning, zero weight and padding.
+        ``performed`` lags a step by one cycle, the skip counters a position's
+        admission by two; all are final when ``busy`` is 0.
     clear_counters : In(1)
         Sets every counter to 0 (an increment in the same cycle is lost).
     errors : Out(SparseConvErrors), clear_errors : In(1)
         Sticky error flags; ``clear_errors`` clears them (a flag raised in the same cycle stays).
     busy : Out(1)
-        A position is buffered, in the engine, in the pipeline or offered.
+        A position is buffered, walked, queued, in the pipeline or offered.
 
     Errors
     ------
@@ -150,11 +171,17 @@ class SparseConv(wiring.Component):
 
     Timing
     ------
-    A position costs ``max(1, Σ_g max_{co∈g} active[co])`` engine steps
-    (:meth:`cycles_per_position`). When the engine is idle and the tap list
-    waits, a window accepted in cycle ``t`` has its result offered in cycle
-    ``t + latency + steps - 1``. ``o_stream`` may stall at any cycle; the
-    engine then stops only when a finished position cannot leave.
+    A non-empty position takes ``max_q ceil(v_q / |q|)`` walk steps (walker
+    ``q`` with ``|q|`` lanes and ``v_q`` entries to do), an empty one none
+    (:meth:`cycles_per_position`). With windows and tap lists always offered
+    and results always taken, the cycles from the first window accepted to
+    the last result offered are :meth:`timeline`
+    (:func:`dynsparse.golden.sparseconv.engine_cycles`), exactly. Into an idle
+    engine, a window accepted in cycle ``t`` with its tap list waiting has its
+    result offered in cycle ``t + latency + steps - 1`` (an empty position's
+    in cycle ``t + 4``). ``o_stream`` may stall at any cycle; the walk then
+    stops only when a finished result cannot enter its register, and
+    admission only when the queue is full.
 
     Raises
     ------
@@ -162,15 +189,15 @@ class SparseConv(wiring.Component):
         On a bad parameter; the message names the value.
     """
 
-    #: Registers from a position's last engine step to its result register: entry,
-    #: operands, accumulator, result (the two window registers come first: W0 takes the
-    #: window and looks its mask bits up, W1 holds it, with its excluded bits, while the steps happen).
-    _MAC_STAGES = 4
-    _WINDOW_STAGES = 2
+    #: Registers from a position's last walk step to ``o_stream``: entry, operands,
+    #: accumulator, finished results, output (requantisation adds its four). Before
+    #: them: W0 (the window, its mask bits looked up), W1 (the front) and the walk register.
+    _MAC_STAGES = 5
+    _WINDOW_STAGES = 3
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
-                 requantize=False):
+                 requantize=False, queue_depth=16):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._in_channels  = check_int("input channel count", in_channels, minimum=1)
         self._out_channels = check_int("output channel count", out_channels, minimum=1)
@@ -186,6 +213,7 @@ class SparseConv(wiring.Component):
         if not isinstance(requantize, bool):
             raise TypeError(f"requantize must be a bool, not {requantize!r}")
         self._requantize = requantize
+        self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=4096)
         self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
                                  max_width=max_width, max_height=max_height)
 
@@ -234,6 +262,7 @@ class SparseConv(wiring.Component):
     max_height   = property(lambda self: self._max_height)
     block_size   = property(lambda self: self._block_size)
     requantize   = property(lambda self: self._requantize)
+    queue_depth  = property(lambda self: self._queue_depth)
 
     @property
     def taps_per_list(self):
@@ -241,9 +270,9 @@ class SparseConv(wiring.Component):
         return self._in_channels * self._kernel_size ** 2
 
     @property
-    def groups(self):
-        """``ceil(C_out / L)`` output-channel groups."""
-        return -(-self._out_channels // self._lanes)
+    def walkers(self):
+        """``ceil(L / 2)`` walkers: lanes ``2q`` and ``2q + 1`` walk one to-do vector."""
+        return -(-self._lanes // 2)
 
     @property
     def accumulator_width(self):
@@ -259,13 +288,21 @@ class SparseConv(wiring.Component):
         return self._WINDOW_STAGES + self._MAC_STAGES + (REQUANT_STAGES if self._requantize else 0)
 
     def cycles_per_position(self, active):
-        """Engine steps of positions whose outputs perform ``active[..., C_out]`` taps."""
+        """Walk steps of positions whose outputs perform ``active[..., C_out]`` taps (0 for a
+        position without any)."""
         return cycles_per_position(active, lanes=self._lanes)
+
+    def timeline(self, active):
+        """Cycles from the first window accepted to the last result offered, for positions
+        ``active[P, C_out]`` in stream order, windows and tap lists always offered and results
+        always taken (:func:`dynsparse.golden.sparseconv.engine_cycles` plus the latency)."""
+        return engine_cycles(active, lanes=self._lanes, queue_depth=self._queue_depth,
+                             requantize=self._requantize)
 
     def elaborate(self, platform):
         m = Module()
         k, r, n = self._kernel_size, self._kernel_size // 2, self.taps_per_list
-        c_out, lanes, groups = self._out_channels, self._lanes, self.groups
+        c_out, lanes = self._out_channels, self._lanes
         window, taps = self.i_window, self.i_taps
         meta_layout = data.StructLayout({name: self.o_stream.payload.shape()[name].shape
                                          for name in ("x", "y", "first", "last")})
@@ -273,7 +310,6 @@ class SparseConv(wiring.Component):
         # The engine stops only when a finished position cannot enter the output register.
         advance = Signal()
         final_position = Signal()           # the result stage writes a finished position
-        m.d.comb += advance.eq(~(final_position & self.o_stream.valid & ~self.o_stream.ready))
 
         errors = Signal(SparseConvErrors)
         raised = Signal(SparseConvErrors)
@@ -354,15 +390,12 @@ class SparseConv(wiring.Component):
         with m.Elif(done):
             m.d.sync += w1_valid.eq(0)
 
-        # -------- engine: the position being walked ----------------------------------------------
-        # The position is the window in W1 and the tap list offered on i_taps, which its
-        # source holds until the position's last step takes it; the next window waits in W0
-        # meanwhile. Both enter in the cycle the position ends: no bubble, and no copy of the
-        # lists in this block.
-        started = Signal()                                  # the position's first step is done
-        pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
-
-        # entries of the offered tap lists: performed, skipped for padding, malformed
+        # -------- admission: the front position (W1's window and the offered tap list) ---------
+        # Every position is *admitted* from the front into the order queue, in order, one a
+        # cycle at most. A position with no entry to do (empty) needs no MAC: its result is 0
+        # and it only takes its queue entry. Another position enters the walk register, with
+        # its tap entries, pixels and to-do bits, when the register is free or its position
+        # takes its last step in that cycle; meanwhile it waits at the front.
         lists = taps.payload.lists
         tap_shape = tap_layout(kernel_size=k, in_channels=self._in_channels)
         excluded_rows = Array(Array(w_excluded[dy * k + dx] for dx in range(k)) for dy in range(k))
@@ -383,67 +416,105 @@ class SparseConv(wiring.Component):
             padding.append(Signal(n, name=f"padding_{co}"))
             m.d.comb += [todo[-1].eq(Cat(*todo_bits)), padding[-1].eq(Cat(*padding_bits))]
         bad = _tree(bad_bits, operator.or_)
+        front_empty = Signal()
+        m.d.comb += front_empty.eq(~_tree((todo[co].any() for co in range(c_out)), operator.or_))
 
-        # the entries still to do: all of the list at the first step
-        vectors = [Signal(n, name=f"vector_{co}") for co in range(c_out)]
-        m.d.comb += [vectors[co].eq(Mux(started, pending[co], todo[co])) for co in range(c_out)]
-        # the group walked this step: the first one with work
-        group_work = [Cat(*vectors[g * lanes:(g + 1) * lanes]).any() for g in range(groups)]
-        group = Signal(range(max(2, groups)))
-        for g in reversed(range(groups)):
-            with m.If(group_work[g]):
-                m.d.comb += group.eq(g)
-        later_work = Cat(*(group_work[g] & (group != g) for g in range(groups))).any()
-
-        def of_group(values):
-            """``values[g]`` for the current group (0 past the last output channel)."""
-            return values[0] if groups == 1 else Array(values)[group]
-
-        lane_taps, lane_active, lane_rest, lane_single = [], [], [], []
-        for j in range(lanes):
-            vector = of_group([vectors[g * lanes + j] if g * lanes + j < c_out else C(0, n)
-                               for g in range(groups)])
-            lane_vector, first = Signal(n, name=f"lane_vector{j}"), Signal(n, name=f"lane_first{j}")
-            lane_rest.append(Signal(n, name=f"lane_rest{j}"))
-            lane_active.append(Signal(name=f"lane_active{j}"))
-            lane_single.append(Signal(name=f"lane_single{j}"))
-            # the lowest set bit: each bit without a set bit below it (a prefix OR, no carry chain)
-            below = _prefix_or(lane_vector)
-            m.d.comb += [
-                lane_vector.eq(vector),
-                first.eq(lane_vector & ~below),
-                lane_rest[j].eq(lane_vector & below),
-                lane_active[j].eq(lane_vector.any()),
-                lane_single[j].eq(_at_most_one(lane_vector)),   # nothing left after this step
-            ]
-            entries = [of_group([lists[g * lanes + j].taps[i].as_value() if g * lanes + j < c_out
-                                 else C(0, tap_shape.size) for g in range(groups)]) for i in range(n)]
-            # one-hot select: an AND-OR of the entries
-            lane_taps.append(_tree((Mux(first[i], entries[i], 0) for i in range(n)), operator.or_))
-        group_end, position_end = Signal(), Signal()
+        m.submodules.queue = queue = SyncFIFO(width=meta_layout.size + 1, depth=self._queue_depth)
+        wr_valid = Signal()
+        wr_free = Signal()                  # the walk register can load in this cycle
+        admit, load = Signal(), Signal()
         m.d.comb += [
-            group_end.eq(Cat(*lane_single).all()),
-            position_end.eq(group_end & ~later_work),
+            admit.eq(w1_valid & taps.valid & queue.w_rdy & (front_empty | wr_free)),
+            load.eq(admit & ~front_empty),
+            done.eq(admit),
+            taps.ready.eq(admit),
+            queue.w_en.eq(admit),
+            queue.w_data.eq(Cat(w_meta, front_empty)),
+            raised.bad_tap.eq(admit & bad),
+            raised.misaligned.eq(admit & (w_meta.as_value() != Cat(
+                taps.payload.x, taps.payload.y, taps.payload.first, taps.payload.last))),
         ]
 
+        # -------- the walk register and the walkers ---------------------------------------------
+        # Lane j takes the output channels co with co mod L = j; lanes 2q and 2q + 1 form
+        # walker q, which walks the to-do bits of its lanes' channels as one vector (channel
+        # by channel, entries in list order): lane 2q (A) takes the lowest bit still set,
+        # lane 2q + 1 (B) the highest. A walker of v bits takes ceil(v / 2) steps; at L = 2
+        # one walker holds every channel, so a position takes ceil(Σ active / 2) steps.
+        wr_entries = [[Signal(tap_shape, name=f"wr_tap_{co}_{i}", reset_less=True) for i in range(n)]
+                      for co in range(c_out)]
+        wr_pixels = Signal(pixels_layout, reset_less=True)
+        pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
+        with m.If(load):
+            m.d.sync += [wr_entries[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
+            m.d.sync += [wr_pixels.eq(w_pixels)] + [pending[co].eq(todo[co]) for co in range(c_out)]
+
+        channel_bits = max(1, (c_out - 1).bit_length())
+        walkers = walker_channels(c_out, lanes)
+
+        lane_taps = [None] * lanes
+        lane_active = [None] * lanes
+        lane_channel = [None] * lanes
+        lane_flush = [None] * lanes
+        walker_rest, walker_more = [], []
+        for q, (lane_ids, channels) in enumerate(walkers):
+            vector = Signal(len(channels) * n, name=f"walk{q}_vector")
+            m.d.comb += vector.eq(Cat(*(pending[co] for co in channels)))
+            entries = [wr_entries[co][i].as_value() for co in channels for i in range(n)]
+            # (the prefix trees go into signals: the simulator would otherwise copy their
+            # expressions into every bit that uses them)
+            below = Signal.like(vector, name=f"walk{q}_below")
+            first = Signal.like(vector, name=f"walk{q}_first")
+            m.d.comb += [below.eq(_prefix_or(vector)), first.eq(vector & ~below)]
+            picks = [first]
+            if len(lane_ids) == 2:
+                # the highest set bit, unless it is the lowest too (A takes a single bit)
+                flipped = Signal.like(vector, name=f"walk{q}_flipped")
+                above_flipped = Signal.like(vector, name=f"walk{q}_above_flipped")
+                highest = Signal.like(vector, name=f"walk{q}_last")
+                m.d.comb += [
+                    flipped.eq(Cat(*reversed(list(vector)))),
+                    above_flipped.eq(_prefix_or(flipped)),
+                    highest.eq(vector & ~Cat(*reversed(list(above_flipped))) & below),
+                ]
+                picks.append(highest)
+            rest = Signal.like(vector, name=f"walk{q}_rest")
+            m.d.comb += rest.eq(vector & ~_tree(picks, operator.or_))
+            walker_rest.append(rest)
+            rest_channel = [rest[c * n:(c + 1) * n].any() for c in range(len(channels))]
+            for j, pick in zip(lane_ids, picks):
+                picked_channel = [pick[c * n:(c + 1) * n].any() for c in range(len(channels))]
+                lane_taps[j] = _tree((Mux(pick[i], entries[i], 0) for i in range(len(entries))),
+                                     operator.or_)
+                lane_active[j] = Signal(name=f"lane_active{j}")
+                lane_channel[j] = Signal(channel_bits, name=f"lane_channel{j}")
+                lane_flush[j] = Signal(name=f"lane_flush{j}")
+                m.d.comb += [
+                    lane_active[j].eq(pick.any()),
+                    lane_channel[j].eq(_tree((Mux(picked_channel[c], C(co, channel_bits), 0)
+                                              for c, co in enumerate(channels)), operator.or_)),
+                    # the lane's partial sum of its channel is complete: nothing of the
+                    # channel is left for either lane of the walker
+                    lane_flush[j].eq(~_tree((picked_channel[c] & rest_channel[c]
+                                             for c in range(len(channels))), operator.or_)),
+                ]
+        position_end = Signal()
+        m.d.comb += position_end.eq(~_tree((rest.any() for rest in walker_rest), operator.or_))
+
         step = Signal()
-        first_step = Signal()
         # (plain assignments, not under m.If: Icarus may never run a combinational process
         # whose inputs do not change after time 0, which would leave these undefined)
         m.d.comb += [
-            step.eq(advance & w1_valid & taps.valid),
-            first_step.eq(step & ~started),
-            done.eq(step & position_end),
-            taps.ready.eq(done),
-            raised.bad_tap.eq(first_step & bad),
-            raised.misaligned.eq(first_step & (w_meta.as_value() != Cat(
-                taps.payload.x, taps.payload.y, taps.payload.first, taps.payload.last))),
+            step.eq(advance & wr_valid),
+            wr_free.eq(~wr_valid | (step & position_end)),
         ]
-        with m.If(step):
-            m.d.sync += started.eq(~position_end)
-            for g in range(groups):
-                m.d.sync += [pending[g * lanes + j].eq(Mux(group == g, lane_rest[j], vectors[g * lanes + j]))
-                             for j in range(lanes) if g * lanes + j < c_out]
+        with m.If(load):
+            m.d.sync += wr_valid.eq(1)
+        with m.Elif(step & position_end):
+            m.d.sync += wr_valid.eq(0)
+        with m.If(step & ~position_end):
+            for (lane_ids, channels), rest in zip(walkers, walker_rest):
+                m.d.sync += [pending[co].eq(rest[c * n:(c + 1) * n]) for c, co in enumerate(channels)]
 
         # -------- MAC lanes ----------------------------------------------------------------------
         def register(value, name, reset_less=True):
@@ -452,24 +523,26 @@ class SparseConv(wiring.Component):
                 m.d.sync += reg.eq(value)
             return reg
 
-        tags = {"step": step, "group_end": group_end, "position_end": position_end}
-        tag_group, tag_meta = group, w_meta
+        tags = {"step": step, "position_end": position_end}
         in_flight = []                      # the step tag of every stage, for busy
 
+        def delay(values, name):
+            return [register(value, f"{name}{j}") for j, value in enumerate(values)]
+
         def delay_tags(stage):
-            nonlocal tags, tag_group, tag_meta
+            nonlocal tags
             tags = {name: register(value, f"{stage}_{name}", reset_less=False)
                     for name, value in tags.items()}
-            tag_group = register(tag_group, f"{stage}_group")
-            tag_meta = meta_layout(register(tag_meta.as_value(), f"{stage}_meta"))
             in_flight.append(tags["step"])
 
         # stage 1: the selected entries, and the window they read
-        e1_active = [register(lane_active[j], f"e1_active{j}") for j in range(lanes)]
+        e1_active = [register(lane_active[j] & step, f"e1_active{j}", reset_less=False)
+                     for j in range(lanes)]
         e1_taps = [tap_shape(register(lane_taps[j], f"e1_tap{j}")) for j in range(lanes)]
-        e1_pixels = pixels_layout(register(w_pixels.as_value(), "e1_pixels"))
+        e1_channel = delay(lane_channel, "e1_channel")
+        e1_flush = delay(lane_flush, "e1_flush")
+        e1_pixels = pixels_layout(register(wr_pixels.as_value(), "e1_pixels"))
         delay_tags("e1")
-        e1_step = tags["step"]
         # stage 2: multiplier operands (DSP input registers)
         # (an idle lane selected no entry: its one-hot select gave weight 0)
         weights = [register(e1_taps[j].weight, f"e2_weight{j}") for j in range(lanes)]
@@ -483,32 +556,59 @@ class SparseConv(wiring.Component):
                                  if self._pixel_shape.signed else
                                  Cat(pixel_array[e1_taps[j].dy][e1_taps[j].dx][e1_taps[j].ci], C(0, 1)).as_signed(),
                                  f"e2_pixel{j}") for j in range(lanes)]
+        e2_active = delay(e1_active, "e2_active")
+        e2_channel = delay(e1_channel, "e2_channel")
+        e2_flush = delay(e1_flush, "e2_flush")
         delay_tags("e2")
-        # stage 3: the accumulators, cleared at a group's first step: multiply-accumulate
-        # with registered operands and a registered sum (one SB_MAC16 per lane on iCE40, its
-        # accumulator included; a MULT18X18D and an adder on ECP5)
+        # stage 3: the accumulators: multiply-accumulate with registered operands and a
+        # registered sum (one SB_MAC16 per lane on iCE40, its accumulator included; a
+        # MULT18X18D and an adder on ECP5). A lane *holds* a partial sum until it flushes it
+        # (its channel has nothing left); an idle lane that holds one flushes at its walker's
+        # last step, which leaves nothing.
         accumulators = [Signal(signed(self.accumulator_width), name=f"acc{j}", reset_less=True)
                         for j in range(lanes)]
-        fresh = Signal(init=1)
+        holding = [Signal(name=f"holding{j}") for j in range(lanes)]
+        acc_channel = [Signal(channel_bits, name=f"acc_channel{j}", reset_less=True) for j in range(lanes)]
+        acc_flush = [Signal(name=f"acc_flush{j}") for j in range(lanes)]
         with m.If(advance & tags["step"]):
-            m.d.sync += [accumulators[j].eq(Mux(fresh, 0, accumulators[j]) + weights[j] * pixel_values[j])
-                         for j in range(lanes)]
-            m.d.sync += fresh.eq(tags["group_end"])
+            for j in range(lanes):
+                m.d.sync += accumulators[j].eq(Mux(holding[j], accumulators[j], 0) + weights[j] * pixel_values[j])
+                flush = Mux(e2_active[j], e2_flush[j], holding[j])
+                m.d.sync += [holding[j].eq((e2_active[j] | holding[j]) & ~flush), acc_flush[j].eq(flush)]
+                with m.If(e2_active[j]):
+                    m.d.sync += acc_channel[j].eq(e2_channel[j])
+        with m.Elif(advance):
+            m.d.sync += [acc_flush[j].eq(0) for j in range(lanes)]
         delay_tags("acc")
-        results = accumulators
-        result_valid = tags["step"] & tags["group_end"]
+
+        # a walker's two partials of one channel are flushed in the same step: A takes their sum
+        results, result_valid = [], []
+        for lane_ids, channels in walkers:
+            a = lane_ids[0]
+            if len(lane_ids) == 2:
+                b = lane_ids[1]
+                meet = acc_flush[a] & acc_flush[b] & (acc_channel[a] == acc_channel[b])
+                results += [accumulators[a] + Mux(meet, accumulators[b], 0), accumulators[b]]
+                result_valid += [acc_flush[a], acc_flush[b] & ~meet]
+            else:
+                results.append(accumulators[a])
+                result_valid.append(acc_flush[a])
+        # (the sum of two partials fits the accumulator: it is a sum of listed products)
+        results = [value[:self.accumulator_width].as_signed() for value in results]
+        result_channel = acc_channel
+        position_last = tags["position_end"] & tags["step"]
         if self._requantize:
-            results, (result_valid, position_last, tag_group, meta), valids = requantize_stages(
+            results, delayed, valids = requantize_stages(
                 m, advance, results, self.multiplier, self.shift,
-                [result_valid, tags["position_end"], tag_group, tag_meta.as_value()])
-            tag_meta = meta_layout(meta)
+                [position_last, *result_valid, *result_channel])
+            position_last = delayed[0]
+            result_valid = delayed[1:1 + lanes]
+            result_channel = delayed[1 + lanes:]
             in_flight += valids
-        else:
-            position_last = tags["position_end"]
 
         # -------- counters ---------------------------------------------------------------------
-        # MACs are counted as their steps leave stage 1; the skip counts of a loaded position
-        # are registered raw, summed per list the next cycle and added up the cycle after.
+        # MACs are counted as their steps leave stage 1; the skip counts of an admitted
+        # position are registered raw, summed per list the next cycle and added up the cycle after.
         loaded, summed = Signal(), Signal()
         skip_pruned = [Signal.like(lists[co].pruned, name=f"skip_pruned_{co}") for co in range(c_out)]
         skip_zero = [Signal.like(lists[co].zero, name=f"skip_zero_{co}") for co in range(c_out)]
@@ -516,8 +616,8 @@ class SparseConv(wiring.Component):
         list_padding = [Signal(range(n + 1), name=f"list_padding_{co}") for co in range(c_out)]
         total_pruned, total_zero = (Signal(range(n * c_out + 1), name=f"total_{name}")
                                     for name in ("pruned", "zero"))
-        m.d.sync += [loaded.eq(first_step), summed.eq(loaded)]
-        with m.If(first_step):
+        m.d.sync += [loaded.eq(admit), summed.eq(loaded)]
+        with m.If(admit):
             m.d.sync += [skip_pruned[co].eq(lists[co].pruned) for co in range(c_out)]
             m.d.sync += [skip_zero[co].eq(lists[co].zero) for co in range(c_out)]
             m.d.sync += [skip_padding[co].eq(padding[co]) for co in range(c_out)]
@@ -526,7 +626,7 @@ class SparseConv(wiring.Component):
             m.d.sync += [total_pruned.eq(_sum(skip_pruned)), total_zero.eq(_sum(skip_zero))]
         increments = {
             "cycles":          step,
-            "performed":       Mux(advance & e1_step, _sum(e1_active), 0),
+            "performed":       Mux(advance, _sum(e1_active), 0),
             "skipped_pruned":  Mux(summed, total_pruned, 0),
             "skipped_zero":    Mux(summed, total_zero, 0),
             "skipped_padding": Mux(summed, _sum(list_padding), 0),
@@ -538,23 +638,52 @@ class SparseConv(wiring.Component):
             with m.Else():
                 m.d.sync += counter.eq(counter + increment)
 
-        # -------- results: collected per group, offered per position ----------------------------
-        collected = [Signal(self.o_stream.payload.data[co].shape(), name=f"collected_{co}",
-                            reset_less=True) for co in range(c_out)]
-        merged = [Mux(tag_group == co // lanes, results[co % lanes], collected[co]) for co in range(c_out)]
-        m.d.comb += final_position.eq(result_valid & position_last)
-        with m.If(self.o_stream.ready):
-            m.d.sync += self.o_stream.valid.eq(0)
-        with m.If(advance & result_valid):
+        # -------- results: collected per channel, then given out in admission order --------------
+        # A walked position's results wait in ``finished`` until the queue's head is that
+        # position; an empty position at the head is given out as zeros.
+        data_shape = self.o_stream.payload.data[0].shape()
+        collected = [Signal(data_shape, name=f"collected_{co}", reset_less=True) for co in range(c_out)]
+        merged = []
+        for co in range(c_out):
+            value = collected[co]
+            for j in reversed(walkers[(co % lanes) // 2][0]):
+                value = Mux(result_valid[j] & (result_channel[j] == co), results[j], value)
+            merged.append(value)
+        finished_valid = Signal()
+        finished = [Signal(data_shape, name=f"finished_{co}", reset_less=True) for co in range(c_out)]
+        head = Signal(meta_layout.size + 1)
+        head_meta = meta_layout(head[:meta_layout.size])
+        head_empty = head[-1]
+        give = Signal()
+        take_finished = Signal()
+        m.d.comb += [
+            head.eq(queue.r_data),
+            final_position.eq(position_last),
+            give.eq((~self.o_stream.valid | self.o_stream.ready) & queue.r_rdy & (head_empty | finished_valid)),
+            take_finished.eq(give & ~head_empty),
+            queue.r_en.eq(give),
+            advance.eq(~(final_position & finished_valid & ~take_finished)),
+        ]
+        with m.If(advance):
             with m.If(position_last):
-                m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.x.eq(tag_meta.x),
-                             self.o_stream.payload.y.eq(tag_meta.y),
-                             self.o_stream.payload.first.eq(tag_meta.first),
-                             self.o_stream.payload.last.eq(tag_meta.last)]
-                m.d.sync += [self.o_stream.payload.data[co].eq(merged[co]) for co in range(c_out)]
+                m.d.sync += [finished[co].eq(merged[co]) for co in range(c_out)]
                 m.d.sync += [collected[co].eq(0) for co in range(c_out)]
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
+        with m.If(advance & position_last):
+            m.d.sync += finished_valid.eq(1)
+        with m.Elif(take_finished):
+            m.d.sync += finished_valid.eq(0)
+        with m.If(give):
+            m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.x.eq(head_meta.x),
+                         self.o_stream.payload.y.eq(head_meta.y),
+                         self.o_stream.payload.first.eq(head_meta.first),
+                         self.o_stream.payload.last.eq(head_meta.last)]
+            m.d.sync += [self.o_stream.payload.data[co].eq(Mux(head_empty, 0, finished[co]))
+                         for co in range(c_out)]
+        with m.Elif(self.o_stream.ready):
+            m.d.sync += self.o_stream.valid.eq(0)
 
-        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, self.o_stream.valid, *in_flight).any())
+        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, wr_valid, queue.r_rdy, finished_valid,
+                                     self.o_stream.valid, *in_flight).any())
         return m

@@ -3,9 +3,9 @@
 For every image and prune threshold the bit-exact models of the density
 unit, the kernel scaler and the sparse convolution engine
 (:mod:`dynsparse.golden`) give the tap lists, the accumulators and the
-engine's counters; the engine's cycle counts are the ones its counters
-report (the RTL is checked against the same formula, cycle for cycle, by the
-tests). Figures written: ``build/bench/bench.json``, ``docs/bench.md`` and a
+engine's counters; the engine's cycle counts come from its cycle model
+(:func:`~dynsparse.golden.sparseconv.engine_cycles`, which the RTL is checked
+against, cycle for cycle, by the tests). Figures written: ``build/bench/bench.json``, ``docs/bench.md`` and a
 skip map per image in ``docs/images/skipmap.png``.
 
 Speedup is ``dense cycles / sparse cycles`` of the same engine; the ideal is
@@ -24,7 +24,8 @@ import numpy as np
 from ..golden.density import density_map, density_map_float, inv_ref_var
 from ..golden.images import real_image
 from ..golden.sparseconv import (
-    conv_float, dense_tap_lists, expand_tiles, sparse_conv, tap_densities, tap_densities_float, tap_lists,
+    conv_float, dense_tap_lists, engine_cycles, expand_tiles, sparse_conv, tap_densities, tap_densities_float,
+    tap_lists,
 )
 from .schedule import decoupled_cycles, flat_cycles, flat_empty_free_cycles, fluid_cycles, walker_cycles
 
@@ -192,8 +193,9 @@ def bench_image(name, *, thresholds, lanes, tile_sizes=(1,), ref_std=24.0, pad_m
 
 
 def sparse_conv_cycles(active, lanes):
-    from ..golden.sparseconv import cycles_per_position
-    return int(cycles_per_position(active, lanes=lanes).sum())
+    """The engine's cycles over a frame, positions in raster order (:func:`engine_cycles`:
+    windows and tap lists always offered, results always taken; the RTL matches it cycle for cycle)."""
+    return engine_cycles(np.asarray(active).reshape(-1, np.shape(active)[-1]), lanes=lanes)
 
 
 def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
@@ -209,8 +211,11 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
         f"- Density: K = 3, reference std {ref_std:g}; padding `{pad_mode}` (padding taps skipped).",
         f"- Prune thresholds (UQ1.8): {', '.join(str(t) for t in thresholds)} "
         f"(= {', '.join(f'{t / 256:g}' for t in thresholds)}); tile size 1 unless marked.",
-        f"- Engine: {' and '.join(str(lane) for lane in lanes)} lanes; cycles from the engine's cycle "
-        "formula (`max(1, Σ_groups max active)` per position), which the RTL's `cycles` counter matches.",
+        f"- Engine: {' and '.join(str(lane) for lane in lanes)} lanes, queue depth 16; cycles from the "
+        "engine's cycle model (`engine_cycles`: first window accepted to last result offered, inputs "
+        "always offered), which the RTL matches cycle for cycle. A position takes "
+        "`max_q ceil(v_q / 2)` walk steps (walker q: a lane pair and the v_q active taps of its "
+        "channels), an empty position none.",
         "- Images larger than 512 pixels a side are centre-cropped to 512.",
         "- *error*: RMS of (integer sparse output − float reference with float densities, scaled, "
         "unpruned) / RMS(reference): the accuracy cost of pruning plus fixed point. *fixed point*: "
@@ -219,7 +224,7 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
         "per cycle (the engine's input rate).",
         "- *balanced*: the fraction of the ideal that a schedule spreading the MACs evenly over the "
         "lanes (across output channels and positions) would reach, `max(positions, ceil(performed / L))` "
-        "cycles: the headroom left by the engine's fixed lane-per-output-channel schedule.",
+        "cycles: the headroom left by the engine's schedule.",
         "",
         "## Results",
         "",

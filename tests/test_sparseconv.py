@@ -169,6 +169,25 @@ def test_stalls(source, sink):
              source=source, sink=sink, seed=5)
 
 
+@pytest.mark.parametrize("queue_depth, lanes, source, sink", [
+    (1, 2, "random", "random"), (2, 3, "none", "random"), (16, 4, "random", "fixed")])
+def test_empty_positions(queue_depth, lanes, source, sink):
+    """Runs of empty positions (zeros out, no walk step) between walked ones, under stalls:
+    every result in order with its coordinates, none lost, none left over."""
+    dut = make(lanes=lanes, queue_depth=queue_depth)
+    rng = np.random.default_rng(queue_depth)
+    height, width = 4, 6
+    jobs = []
+    for _ in range(2):
+        lists = random_lists(rng, dut, height, width)
+        lists.count[rng.random((height, width)) < 0.6] = 0
+        lists.count[1, :4] = 0
+        jobs.append((random_frame(rng, dut, height, width), lists))
+    results, state = simulate(dut, jobs, pad_mode="reflect", source=source, sink=sink, seed=queue_depth)
+    for (_, lists), got in zip(jobs, results):
+        assert not got[(lists.count == 0).all(axis=-1)].any()
+
+
 @pytest.mark.parametrize("pad_mode", PAD_MODES)
 @pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_dense_mode(lanes, pad_mode):
@@ -215,7 +234,8 @@ def test_extremes():
                            prune_threshold=1)
         assert (pruned.count == 0).all()
         _, state = simulate(dut, [(frame, pruned)], pad_mode="reflect")
-        assert state["cycles"] == height * width and state["skipped_pruned"] == height * width * 36
+        # every position empty: no walk step at all
+        assert state["cycles"] == 0 and state["skipped_pruned"] == height * width * 36
         everything = tap_lists(np.full((4, 1, 3, 3), 100), np.full((height, width, 1, 3, 3), 256),
                                prune_threshold=0)
         masked = np.zeros(mask_length(width, height, kernel_size=3, block_size=4), np.uint8)
@@ -333,10 +353,14 @@ def test_latency():
                               kernel_size=3, pad_mode="replicate")
         taps = tap_list_words(dut.i_taps.payload.shape(), lists)
 
+        _, counters = sparse_conv(np.zeros((1, 3, 1), np.uint8), lists, kernel_size=3, pad_mode="replicate")
+        walk = dut.cycles_per_position(counters["active"][0]).tolist()
+        assert walk == [0, 1, 2]
+
         async def bench(ctx):
             ctx.set(dut.pad_mode, PadMode.REPLICATE)
             ctx.set(dut.o_stream.ready, 1)
-            for position, steps in enumerate((1, 1, 3)):
+            for position, steps in enumerate(walk):
                 ctx.set(dut.i_taps.payload.as_value(), taps[position])
                 ctx.set(dut.i_taps.valid, 1)
                 ctx.set(dut.i_window.payload.as_value(), window[position])
@@ -347,11 +371,57 @@ def test_latency():
                 while not ctx.get(dut.o_stream.valid):
                     await ctx.tick()
                     cycles += 1
-                assert cycles == dut.latency + steps - 1, (position, cycles)
+                # an empty position: W0, W1 (admitted), queue head, output
+                assert cycles == (dut.latency + steps - 1 if steps else 4), (position, cycles)
                 ctx.set(dut.i_taps.valid, 0)
                 await ctx.tick().repeat(3)
 
         run_simulation(dut, [bench], deadline_cycles=500)
+
+
+@pytest.mark.parametrize("lanes, queue_depth, requant", [(2, 2, False), (3, 16, True), (1, 1, False)])
+def test_timeline(lanes, queue_depth, requant):
+    """Inputs always offered, results always taken: first window accepted to last result
+    offered is ``engine_cycles`` exactly (empty positions pass a walk; a full queue holds them)."""
+    dut = make(lanes=lanes, out_channels=4, queue_depth=queue_depth, requantize=requant)
+    rng = np.random.default_rng(lanes * 10 + queue_depth)
+    height, width = 3, 7
+    frame = random_frame(rng, dut, height, width)
+    lists = random_lists(rng, dut, height, width)
+    lists.count[rng.random((height, width)) < 0.5] = 0
+    lists.count[0, 1] = 9                                   # a long walk with empties behind it
+    lists.count[0, 2:5] = 0
+    _, counters = sparse_conv(frame, lists, kernel_size=3, pad_mode="replicate", lanes=lanes)
+    windows = window_words(dut.i_window.payload.shape(), frame, kernel_size=3, pad_mode="replicate")
+    taps = tap_list_words(dut.i_taps.payload.shape(), lists)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.pad_mode, PadMode.REPLICATE)
+        ctx.set(dut.o_stream.ready, 1)
+        if requant:
+            ctx.set(dut.multiplier, 1)
+        sent_windows = sent_taps = received = cycle = 0
+        while received < height * width:
+            ctx.set(dut.i_window.valid, sent_windows < len(windows))
+            ctx.set(dut.i_window.payload.as_value(), windows[min(sent_windows, len(windows) - 1)])
+            ctx.set(dut.i_taps.valid, sent_taps < len(taps))
+            ctx.set(dut.i_taps.payload.as_value(), taps[min(sent_taps, len(taps) - 1)])
+            _, _, w_valid, w_ready, t_valid, t_ready, o_valid = await ctx.tick().sample(
+                dut.i_window.valid, dut.i_window.ready, dut.i_taps.valid, dut.i_taps.ready, dut.o_stream.valid)
+            if w_valid and w_ready:
+                if not sent_windows:
+                    seen.append(cycle)
+                sent_windows += 1
+            sent_taps += t_valid and t_ready
+            if o_valid:
+                received += 1
+                if received == height * width:
+                    seen.append(cycle)
+            cycle += 1
+
+    run_simulation(dut, [bench], deadline_cycles=3000)
+    assert seen[1] - seen[0] == dut.timeline(counters["active"].reshape(-1, 4))
 
 
 def test_window_waits_for_mask_write():
@@ -387,13 +457,18 @@ def test_window_waits_for_mask_write():
 def test_properties():
     dut = SparseConv(kernel_size=5, in_channels=2, out_channels=6, lanes=4, pixel_shape=signed(8))
     assert (dut.kernel_size, dut.in_channels, dut.out_channels, dut.lanes) == (5, 2, 6, 4)
-    assert dut.taps_per_list == 50 and dut.groups == 2
+    assert dut.taps_per_list == 50 and dut.walkers == 2 and dut.queue_depth == 16
     assert dut.accumulator_width == 21              # 50 · 128 · 128 = 819200 > 2**19
     assert dut.o_stream.payload.shape()["data"].shape.elem_shape == signed(21)
     assert SparseConv(requantize=True).o_stream.payload.shape()["data"].shape.elem_shape == signed(8)
     assert SparseConv().accumulator_width == 20     # 9 · 128 · 255 = 293760
-    assert dut.cycles_per_position(np.array([3, 1, 0, 0, 2, 5])).item() == 8
-    assert dut.latency == 6 and SparseConv(requantize=True).latency == 10
+    # walker 0 (lanes 0, 1) walks channels 0, 1, 4, 5: 11 entries, 6 steps; walker 1 none
+    assert dut.cycles_per_position(np.array([3, 1, 0, 0, 2, 5])).item() == 6
+    assert dut.cycles_per_position(np.array([3, 1, 9, 0, 2, 5])).item() == 6
+    assert dut.cycles_per_position(np.array([3, 1, 9, 4, 2, 5])).item() == 7
+    assert dut.cycles_per_position(np.zeros(6, int)).item() == 0
+    assert SparseConv(out_channels=5, lanes=3).cycles_per_position(np.array([2, 2, 5, 2, 2])).item() == 5
+    assert dut.latency == 8 and SparseConv(requantize=True).latency == 12
     assert PaddingMask(kernel_size=3, block_size=4, max_width=640, max_height=480).band_sizes == \
         (161, 161, 120, 120)
     with pytest.raises(AttributeError):
@@ -418,6 +493,8 @@ def test_properties():
     ({"block_size": 3}, ValueError, r"^block size must be a power of two in \[1, 64\], not 3$"),
     ({"block_size": 128}, ValueError, r"^block size must be an integer in \[1, 64\], not 128$"),
     ({"requantize": 1}, TypeError, r"^requantize must be a bool, not 1$"),
+    ({"queue_depth": 0}, ValueError, r"^queue depth must be an integer in \[1, 4096\], not 0$"),
+    ({"queue_depth": 2.5}, TypeError, r"^queue depth must be an integer in \[1, 4096\], not 2\.5$"),
 ])
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -9,8 +9,8 @@ from dynsparse.golden.density import density_map, density_map_float, inv_ref_var
 from dynsparse.golden.images import real_image
 from dynsparse.golden.padmask import block_map, check_mask, mask_layout, mask_length
 from dynsparse.golden.sparseconv import (
-    accumulator_width, conv_float, cycles_per_position, dense_tap_lists, expand_tiles, requantize,
-    scale_weights, sparse_conv, tap_densities, tap_densities_float, tap_lists,
+    accumulator_width, conv_float, cycles_per_position, dense_tap_lists, engine_cycles, expand_tiles, requantize,
+    scale_weights, sparse_conv, tap_densities, tap_densities_float, tap_lists, walker_channels,
 )
 
 
@@ -156,14 +156,60 @@ def test_integer_model_tracks_float_reference():
 
 def test_cycles_per_position():
     active = np.array([[3, 1, 0, 5], [0, 0, 0, 0], [2, 2, 2, 2]])
-    np.testing.assert_equal(cycles_per_position(active, lanes=4), [5, 1, 2])
-    np.testing.assert_equal(cycles_per_position(active, lanes=2), [3 + 5, 1, 4])
-    np.testing.assert_equal(cycles_per_position(active, lanes=1), [9, 1, 8])
-    np.testing.assert_equal(cycles_per_position(active, lanes=3), [3 + 5, 1, 4])
+    # walkers: L = 4 → (channels 0, 1), (2, 3); L = 2 → all; L = 3 → (0, 1, 3), (2) alone
+    np.testing.assert_equal(cycles_per_position(active, lanes=4), [3, 0, 2])
+    np.testing.assert_equal(cycles_per_position(active, lanes=2), [5, 0, 4])
+    np.testing.assert_equal(cycles_per_position(active, lanes=1), [9, 0, 8])
+    np.testing.assert_equal(cycles_per_position(active, lanes=3), [5, 0, 3])
+    assert walker_channels(4, 3) == [([0, 1], [0, 1, 3]), ([2], [2])]
+    assert walker_channels(8, 8) == [([0, 1], [0, 1]), ([2, 3], [2, 3]), ([4, 5], [4, 5]), ([6, 7], [6, 7])]
     with pytest.raises(ValueError, match=r"^lane count must be an integer in \[1, 4\], not 0$"):
         cycles_per_position(active, lanes=0)
     with pytest.raises(ValueError, match=r"^lane count must be an integer in \[1, 4\], not 5$"):
         cycles_per_position(active, lanes=5)
+
+
+def test_engine_cycles_hand_checked():
+    # one position into an idle engine: latency 8 (12 requantised) plus its steps after the first
+    assert engine_cycles([[4, 1]], lanes=2) == 8 + 3 - 1
+    assert engine_cycles([[4, 1]], lanes=2, requantize=True) == 12 + 3 - 1
+    # an empty position: W0, W1 (admitted), queue head, offered
+    assert engine_cycles([[0, 0]], lanes=2) == 4
+    # empty positions, one a cycle
+    assert engine_cycles([[0, 0]] * 50, lanes=1) == 50 + 3
+    # walked back to back without a bubble
+    assert engine_cycles([[3, 3]] * 40, lanes=2) == 8 + 40 * 3 - 1
+    # empty positions and the next one pass a long walk (a queue of 16): all eleven leave
+    # right behind its result, one a cycle ...
+    long = [[30, 30]] + [[0, 0]] * 10 + [[1, 1]]
+    assert engine_cycles(long, lanes=2) == 8 + 30 - 1 + 11
+    # ... but with a queue of 2 they wait for its result
+    assert engine_cycles(long, lanes=2, queue_depth=2) > 8 + 30 - 1 + 11
+
+
+def test_engine_cycles_skip_is_exact():
+    """The model's skip over a long walk gives the cycle-by-cycle answer."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        c_out = int(rng.integers(1, 9))
+        lanes = int(rng.integers(1, c_out + 1))
+        active = rng.integers(0, 12, (int(rng.integers(1, 50)), c_out)) * (rng.random((1, 1)) < 0.9)
+        active[rng.random(len(active)) < 0.5] = 0
+        for depth in (1, 3, 16):
+            for requant in (False, True):
+                kwargs = {"lanes": lanes, "queue_depth": depth, "requantize": requant}
+                assert engine_cycles(active, **kwargs) == engine_cycles(active, _skip=False, **kwargs)
+
+
+def test_engine_cycles_bounds():
+    """At least the walk and one cycle a position; at most the walk plus the fill per position."""
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        active = rng.integers(0, 12, (60, 4)) * (rng.random((60, 1)) < 0.5)
+        for lanes in (1, 2, 3, 4):
+            walk = int(cycles_per_position(active, lanes=lanes).sum())
+            cycles = engine_cycles(active, lanes=lanes)
+            assert max(walk, len(active)) <= cycles <= walk + 12 * len(active)
 
 
 def test_requantize():
