@@ -53,16 +53,18 @@ the padding block holding pixel ``(y + dy - r, x + dx - r)`` is 0
 
     q = clamp((acc · multiplier + (2^(shift-1) if shift > 0 else 0)) >> shift, -128, 127)
 
-*Cycles.* The engine has ``L`` multiplier lanes. Output channels are
-processed in groups of ``L`` (group ``g`` holds ``g·L … g·L + L - 1``), one
-lane per output channel, each lane walking its own list. With ``active[co]``
-the number of taps performed for an output::
+*Cycles.* The engine has ``L`` multiplier lanes in pairs, the *walkers*
+(:func:`walker_channels`): lane ``j`` owns the channels ``co mod L = j``, and
+a pair walks the to-do entries of its lanes' channels from both ends, two a
+step. With ``active[co]`` the number of taps performed for an output::
 
-    cycles(position) = max(1, Σ_g max_{co ∈ g} active[co])
+    steps(position) = max_q ceil(Σ_{co ∈ q} active[co] / |q|)
 
-so a tap that is not performed costs no cycle, and a position with no work
-at all costs the one cycle in which it passes. Dense mode performs every
-tap: ``ceil(C_out / L) · C_in · K²`` cycles per position.
+(``|q|`` = 2, or 1 for the last walker of an odd ``L``), 0 for a position with
+no active tap, which passes the walk through the engine's order queue. A tap
+that is not performed costs no cycle. The wall-clock cycles of a stream of
+positions are :func:`engine_cycles`, a cycle-level model of the engine that
+the RTL matches cycle for cycle.
 
 Counters: MACs performed ``Σ active``; MACs skipped for pruning, zero
 weight and padding; they add up to the dense count ``C_out · C_in · K²``

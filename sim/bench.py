@@ -267,7 +267,10 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
                   "- *flat + empty free*: the same, except that a position with no active MAC costs no lane "
                   "cycle, only its admission cycle (at most one window a cycle), and non-empty positions "
                   "walk one at a time while up to `waiting` others wait, admitted (`flat_empty_free_cycles`, "
-                  f"`waiting = {EMPTY_FREE_WAITING}`);",
+                  f"`waiting = {EMPTY_FREE_WAITING}`). The engine at L = 2 is built after it, with two "
+                  "differences: the waiting position holds the engine's front, so empty positions behind "
+                  "it wait too, and a position admitted to an idle walker takes its first step in the "
+                  "next cycle;",
                   "- *fixed D* / *rotated D*: lanes decoupled through a buffer of D positions (windows and "
                   "tap lists), each lane walking its own channels (*fixed*) or, at position p, the channels "
                   "of lane `(j + p) mod L` (*rotated*);",

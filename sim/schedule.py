@@ -1,12 +1,13 @@
 """Cycle models of lane schedules for the sparse convolution engine, built and not built.
 
-The engine that exists (:class:`~dynsparse.hdl.sparseconv.SparseConv`) gives
-each lane one output channel of a group and ends a position when its busiest
-lane is done: ``max(1, Σ_groups max_{co∈g} active[co])`` cycles per position
-(:func:`dynsparse.golden.sparseconv.cycles_per_position`, matched cycle for
-cycle by the RTL). The models here measure, on the same per-position work,
-what other schedules would reach, so a change of architecture can be judged
-before it is built:
+The engine that exists (:class:`~dynsparse.hdl.sparseconv.SparseConv`) walks
+each position's active MACs with lane pairs from both ends of one to-do
+vector (``ceil(Σ active / 2)`` steps at ``L = 2``), lets empty positions pass
+a walk through an order queue, and lets one position wait while one walks:
+its cycles are :func:`dynsparse.golden.sparseconv.engine_cycles`, matched
+cycle for cycle by the RTL. The models here measure, on the same
+per-position work, what other schedules would reach, so a change of
+architecture can be judged before it is built:
 
 - :func:`flat_cycles`: every position's MACs spread over all lanes
   (``max(1, ceil(Σ active / L))``), positions still taken one at a time;
