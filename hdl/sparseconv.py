@@ -4,7 +4,6 @@ import operator
 
 from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..golden.sparseconv import (MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
@@ -49,6 +48,17 @@ def _at_most_one(value):
 def _sum(values):
     """Sum of ``values`` as a balanced tree of adders."""
     return _tree(values, operator.add)
+
+
+class _Queue:
+    """The order queue's ports, as :class:`amaranth.lib.fifo.SyncFIFO` names them."""
+    def __init__(self, slots, head, level, depth):
+        self.w_en = Signal(name="queue_w_en")
+        self.w_data = Signal(len(slots[0]), name="queue_w_data")
+        self.r_en = Signal(name="queue_r_en")
+        self.w_rdy = level != depth
+        self.r_rdy = level != 0
+        self.r_data = Array(slots)[head] if depth > 1 else slots[0]
 
 
 class SparseConvErrors(data.Struct):
@@ -120,7 +130,7 @@ class SparseConv(wiring.Component):
     requantize : bool
         Give int8 results (``multiplier``, ``shift``) instead of accumulators.
     queue_depth : int
-        Positions admitted and not yet given out, 1 to 4096 (default 16): how far
+        Positions admitted and not yet given out, 1 to 64 (default 16; flip-flops): how far
         empty positions may run ahead of a walked one.
 
     Members
@@ -213,7 +223,7 @@ class SparseConv(wiring.Component):
         if not isinstance(requantize, bool):
             raise TypeError(f"requantize must be a bool, not {requantize!r}")
         self._requantize = requantize
-        self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=4096)
+        self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=64)
         self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
                                  max_width=max_width, max_height=max_height)
 
@@ -419,7 +429,14 @@ class SparseConv(wiring.Component):
         front_empty = Signal()
         m.d.comb += front_empty.eq(~_tree((todo[co].any() for co in range(c_out)), operator.or_))
 
-        m.submodules.queue = queue = SyncFIFO(width=meta_layout.size + 1, depth=self._queue_depth)
+        # The order queue: flip-flops and a read multiplexer (a memory with an asynchronous
+        # read port stops Yosys' opt_mem on ECP5 inside the conv board: assertion in mem.cc).
+        depth = self._queue_depth
+        queue_slots = [Signal(meta_layout.size + 1, name=f"queue_{i}", reset_less=True) for i in range(depth)]
+        queue_head = Signal(range(max(2, depth)))
+        queue_tail = Signal(range(max(2, depth)))
+        queue_level = Signal(range(depth + 1))
+        queue = _Queue(queue_slots, queue_head, queue_level, depth)
         wr_valid = Signal()
         wr_free = Signal()                  # the walk register can load in this cycle
         admit, load = Signal(), Signal()
@@ -683,6 +700,18 @@ class SparseConv(wiring.Component):
                          for co in range(c_out)]
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
+
+        def following(pointer):
+            return Mux(pointer == depth - 1, 0, pointer + 1) if depth > 1 else C(0, 1)
+
+        with m.If(queue.w_en & queue.w_rdy):
+            m.d.sync += [Array(queue_slots)[queue_tail].eq(queue.w_data), queue_tail.eq(following(queue_tail))]
+        with m.If(queue.r_en & queue.r_rdy):
+            m.d.sync += queue_head.eq(following(queue_head))
+        with m.If((queue.w_en & queue.w_rdy) & ~(queue.r_en & queue.r_rdy)):
+            m.d.sync += queue_level.eq(queue_level + 1)
+        with m.Elif(~(queue.w_en & queue.w_rdy) & (queue.r_en & queue.r_rdy)):
+            m.d.sync += queue_level.eq(queue_level - 1)
 
         m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, wr_valid, queue.r_rdy, finished_valid,
                                      self.o_stream.valid, *in_flight).any())

@@ -493,8 +493,8 @@ def test_properties():
     ({"block_size": 3}, ValueError, r"^block size must be a power of two in \[1, 64\], not 3$"),
     ({"block_size": 128}, ValueError, r"^block size must be an integer in \[1, 64\], not 128$"),
     ({"requantize": 1}, TypeError, r"^requantize must be a bool, not 1$"),
-    ({"queue_depth": 0}, ValueError, r"^queue depth must be an integer in \[1, 4096\], not 0$"),
-    ({"queue_depth": 2.5}, TypeError, r"^queue depth must be an integer in \[1, 4096\], not 2\.5$"),
+    ({"queue_depth": 0}, ValueError, r"^queue depth must be an integer in \[1, 64\], not 0$"),
+    ({"queue_depth": 2.5}, TypeError, r"^queue depth must be an integer in \[1, 64\], not 2\.5$"),
 ])
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
