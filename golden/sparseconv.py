@@ -85,7 +85,7 @@ __all__ = [
     "WEIGHT_MAX", "DENSITY_ONE", "PRUNE_THRESHOLD_MAX", "MULTIPLIER_MAX", "SHIFT_MAX",
     "TapLists", "check_weights", "check_tile_size", "accumulator_width",
     "tap_densities", "scale_weights", "tap_lists", "dense_tap_lists", "expand_tiles",
-    "sparse_conv", "requantize", "cycles_per_position", "engine_cycles", "walker_channels",
+    "sparse_conv", "requantize", "cycles_per_position", "engine_cycles", "walker_channels", "FINISHED_SLOTS",
     "tap_densities_float", "conv_float",
 ]
 
@@ -340,22 +340,30 @@ def cycles_per_position(active, *, lanes):
 RESULT_STAGES = (3, 7)
 
 
-def engine_cycles(active, *, lanes, queue_depth=16, requantize=False, _skip=True):
+#: Finished results the engine holds while earlier positions are given out.
+FINISHED_SLOTS = 2
+
+
+def engine_cycles(active, *, lanes, queue_depth=32, requantize=False, _skip=True):
     """Cycles of :class:`~dynsparse.hdl.sparseconv.SparseConv` over positions ``active [P, C_out]``.
 
     A cycle-level model of the engine's position flow, matched cycle for cycle
     by the RTL when windows and tap lists are always offered and results always
     taken: counted from the cycle the first window is accepted (cycle 0) to the
     cycle the last result is offered. Windows pass two registers (W0, W1);
-    from W1 a position is *admitted* into the order queue (``queue_depth``
-    entries) when the queue has room and either it is empty (no active tap: it
-    needs no walk) or the walk register is free or ends its walk in that
-    cycle. A walked position takes :func:`cycles_per_position` steps; its
-    result reaches the finished-results register :data:`RESULT_STAGES` cycles
+    from W1 (the *front*) a position is *admitted* into the order queue
+    (``queue_depth`` entries) when the queue has room and either it is empty
+    (no active tap: it needs no walk), or the next register is free, or the
+    walk register ends its walk in that cycle. A non-empty position goes to
+    the walk register when that is free (or ends its walk) and the next
+    register is empty, otherwise to the next register, which moves into the
+    walk register when the walk ends. A walked position takes
+    :func:`cycles_per_position` steps; its result reaches the finished
+    results (:data:`FINISHED_SLOTS` of them) :data:`RESULT_STAGES` cycles
     after its last step and waits there until the queue's head is that
     position. One result is given out per cycle, an empty position's zeros as
-    soon as it is at the head. The walk stops while a finished result cannot
-    enter the register.
+    soon as it is at the head. The walk stops while a finished result finds
+    every slot taken.
     """
     walk = cycles_per_position(np.asarray(active).reshape(-1, np.shape(active)[-1]), lanes=lanes).tolist()
     depth = _check_int("queue depth", queue_depth, 1)
@@ -364,26 +372,27 @@ def engine_cycles(active, *, lanes, queue_depth=16, requantize=False, _skip=True
     if positions == 0:
         return 0
     offered = 0                                  # windows accepted
-    w0 = w1 = wr = None
+    w0 = w1 = wr = wn = None                     # W0, W1, walk register, next register
     left = 0                                     # steps left to the walked position
     pipe = [False] * stages                      # last-step tags between a step and the result
-    finished = False
+    finished = 0                                 # finished results held
     queue = collections.deque()                  # admitted, not given out: True = empty position
     given, cycle = 0, 0
     while True:
         if _skip and wr is not None and left > 1 and not any(pipe) and not (queue and (queue[0] or finished)) \
-                and (w1 is None or walk[w1] or len(queue) >= depth) \
+                and (w1 is None or (walk[w1] and wn is not None) or len(queue) >= depth) \
                 and (w0 is None or w1 is not None) and (w0 is not None or offered == positions):
             # nothing but the walk can change before its last step: go to it
             cycle += left - 1
             left = 1
         final = pipe[-1]
-        give = bool(queue) and (queue[0] or finished)
+        give = bool(queue) and (queue[0] or finished > 0)
         take = give and not queue[0]
-        advance = not (final and finished and not take)
+        advance = not (final and finished == FINISHED_SLOTS and not take)
         step = wr is not None and advance
         last_step = step and left == 1
-        admit = w1 is not None and len(queue) < depth and (walk[w1] == 0 or wr is None or last_step)
+        wr_free = wr is None or last_step
+        admit = w1 is not None and len(queue) < depth and (walk[w1] == 0 or wn is None or wr_free)
         move = w0 is not None and (w1 is None or admit)
         accept = offered < positions and (w0 is None or move)
         if give:
@@ -394,19 +403,21 @@ def engine_cycles(active, *, lanes, queue_depth=16, requantize=False, _skip=True
         if admit:
             queue.append(walk[w1] == 0)
         if advance:
-            if final:
-                finished = True
-            elif take:
-                finished = False
+            finished += final - take
             pipe = [last_step] + pipe[:-1]
-        elif take:
-            finished = False
-        if admit and walk[w1]:
+        else:
+            finished -= take
+        if step and not last_step:
+            left -= 1
+        loaded = admit and walk[w1] > 0
+        if wr_free and wn is not None:
+            wr, left, wn = wn, walk[wn], (w1 if loaded else None)
+        elif loaded and wr_free:
             wr, left = w1, walk[w1]
+        elif loaded:
+            wn = w1
         elif last_step:
             wr = None
-        elif step:
-            left -= 1
         if move:
             w1 = w0
         elif admit:

@@ -6,7 +6,7 @@ from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal, signed, unsi
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import (MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
+from ..golden.sparseconv import (FINISHED_SLOTS, MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
                                engine_cycles, walker_channels)
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
@@ -104,13 +104,15 @@ class SparseConv(wiring.Component):
     position is *admitted* into the order queue (``queue_depth`` entries of
     ``x``, ``y``, ``first``, ``last``): a position with no entry to do is
     *empty*, needs no walk and is admitted at once, even while another
-    position walks; any other position is admitted when the walk register is
-    free or takes its last step in that cycle (no bubble), and then loads it
-    with its tap entries, pixels and to-do bits. One non-empty position thus
-    waits at the front while one walks, and empty positions pass both.
-    Results leave in admission order: a walked position's results wait in
-    the finished-results register until it is the queue's head; an empty
-    position at the head gives zeros (``requantize`` maps 0 to 0).
+    position walks. Any other position loads its tap entries, pixels and
+    to-do bits into the walk register when that is free or takes its last
+    step in that cycle (no bubble) and the *next* register is empty, and
+    into the next register otherwise (if that is empty or moves up into the
+    walk register in that cycle). So one position waits, admitted, while one
+    walks, and the empty positions behind both pass. Results leave in
+    admission order: a walked position's results wait in one of two finished
+    slots until it is the queue's head; an empty position at the head gives
+    zeros (``requantize`` maps 0 to 0).
 
     Parameters
     ----------
@@ -130,7 +132,7 @@ class SparseConv(wiring.Component):
     requantize : bool
         Give int8 results (``multiplier``, ``shift``) instead of accumulators.
     queue_depth : int
-        Positions admitted and not yet given out, 1 to 64 (default 16; flip-flops): how far
+        Positions admitted and not yet given out, 1 to 64 (default 32; flip-flops): how far
         empty positions may run ahead of a walked one.
 
     Members
@@ -190,8 +192,8 @@ class SparseConv(wiring.Component):
     engine, a window accepted in cycle ``t`` with its tap list waiting has its
     result offered in cycle ``t + latency + steps - 1`` (an empty position's
     in cycle ``t + 4``). ``o_stream`` may stall at any cycle; the walk then
-    stops only when a finished result cannot enter its register, and
-    admission only when the queue is full.
+    stops only when a finished result finds both slots taken, and admission
+    only when the queue is full.
 
     Raises
     ------
@@ -207,7 +209,7 @@ class SparseConv(wiring.Component):
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
-                 requantize=False, queue_depth=16):
+                 requantize=False, queue_depth=32):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._in_channels  = check_int("input channel count", in_channels, minimum=1)
         self._out_channels = check_int("output channel count", out_channels, minimum=1)
@@ -437,12 +439,18 @@ class SparseConv(wiring.Component):
         queue_tail = Signal(range(max(2, depth)))
         queue_level = Signal(range(depth + 1))
         queue = _Queue(queue_slots, queue_head, queue_level, depth)
-        wr_valid = Signal()
+        wr_valid, wn_valid = Signal(), Signal()
         wr_free = Signal()                  # the walk register can load in this cycle
         admit, load = Signal(), Signal()
+        to_walk, to_next, promote = Signal(), Signal(), Signal()
         m.d.comb += [
-            admit.eq(w1_valid & taps.valid & queue.w_rdy & (front_empty | wr_free)),
+            admit.eq(w1_valid & taps.valid & queue.w_rdy & (front_empty | ~wn_valid | wr_free)),
             load.eq(admit & ~front_empty),
+            # a non-empty position goes to the walk register if that is free and nothing is
+            # next, otherwise to the next register; the next register moves up when the walk ends
+            promote.eq(wr_free & wn_valid),
+            to_walk.eq(load & wr_free & ~wn_valid),
+            to_next.eq(load & ~to_walk),
             done.eq(admit),
             taps.ready.eq(admit),
             queue.w_en.eq(admit),
@@ -458,11 +466,23 @@ class SparseConv(wiring.Component):
         # by channel, entries in list order): lane 2q (A) takes the lowest bit still set,
         # lane 2q + 1 (B) the highest. A walker of v bits takes ceil(v / 2) steps; at L = 2
         # one walker holds every channel, so a position takes ceil(Σ active / 2) steps.
+        # The next register holds a position admitted while another walks, so that the empty
+        # positions behind it are admitted too; it has the walk register's contents.
         wr_entries = [[Signal(tap_shape, name=f"wr_tap_{co}_{i}", reset_less=True) for i in range(n)]
                       for co in range(c_out)]
         wr_pixels = Signal(pixels_layout, reset_less=True)
         pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
-        with m.If(load):
+        wn_entries = [[Signal(tap_shape, name=f"wn_tap_{co}_{i}", reset_less=True) for i in range(n)]
+                      for co in range(c_out)]
+        wn_pixels = Signal(pixels_layout, reset_less=True)
+        wn_pending = [Signal(n, name=f"wn_pending_{co}", reset_less=True) for co in range(c_out)]
+        with m.If(to_next):
+            m.d.sync += [wn_entries[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
+            m.d.sync += [wn_pixels.eq(w_pixels)] + [wn_pending[co].eq(todo[co]) for co in range(c_out)]
+        with m.If(promote):
+            m.d.sync += [wr_entries[co][i].eq(wn_entries[co][i]) for co in range(c_out) for i in range(n)]
+            m.d.sync += [wr_pixels.eq(wn_pixels)] + [pending[co].eq(wn_pending[co]) for co in range(c_out)]
+        with m.Elif(to_walk):
             m.d.sync += [wr_entries[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
             m.d.sync += [wr_pixels.eq(w_pixels)] + [pending[co].eq(todo[co]) for co in range(c_out)]
 
@@ -525,10 +545,14 @@ class SparseConv(wiring.Component):
             step.eq(advance & wr_valid),
             wr_free.eq(~wr_valid | (step & position_end)),
         ]
-        with m.If(load):
+        with m.If(promote | to_walk):
             m.d.sync += wr_valid.eq(1)
         with m.Elif(step & position_end):
             m.d.sync += wr_valid.eq(0)
+        with m.If(to_next):
+            m.d.sync += wn_valid.eq(1)
+        with m.Elif(promote):
+            m.d.sync += wn_valid.eq(0)
         with m.If(step & ~position_end):
             for (lane_ids, channels), rest in zip(walkers, walker_rest):
                 m.d.sync += [pending[co].eq(rest[c * n:(c + 1) * n]) for c, co in enumerate(channels)]
@@ -666,8 +690,11 @@ class SparseConv(wiring.Component):
             for j in reversed(walkers[(co % lanes) // 2][0]):
                 value = Mux(result_valid[j] & (result_channel[j] == co), results[j], value)
             merged.append(value)
-        finished_valid = Signal()
+        # FINISHED_SLOTS (2) finished positions, the oldest in slot 0
+        finished_count = Signal(range(FINISHED_SLOTS + 1))
         finished = [Signal(data_shape, name=f"finished_{co}", reset_less=True) for co in range(c_out)]
+        finished_next = [Signal(data_shape, name=f"finished_next_{co}", reset_less=True) for co in range(c_out)]
+        arrive = Signal()
         head = Signal(meta_layout.size + 1)
         head_meta = meta_layout(head[:meta_layout.size])
         head_empty = head[-1]
@@ -676,21 +703,26 @@ class SparseConv(wiring.Component):
         m.d.comb += [
             head.eq(queue.r_data),
             final_position.eq(position_last),
-            give.eq((~self.o_stream.valid | self.o_stream.ready) & queue.r_rdy & (head_empty | finished_valid)),
+            give.eq((~self.o_stream.valid | self.o_stream.ready) & queue.r_rdy &
+                    (head_empty | (finished_count != 0))),
             take_finished.eq(give & ~head_empty),
             queue.r_en.eq(give),
-            advance.eq(~(final_position & finished_valid & ~take_finished)),
+            advance.eq(~(final_position & (finished_count == FINISHED_SLOTS) & ~take_finished)),
+            arrive.eq(advance & position_last),
         ]
         with m.If(advance):
             with m.If(position_last):
-                m.d.sync += [finished[co].eq(merged[co]) for co in range(c_out)]
                 m.d.sync += [collected[co].eq(0) for co in range(c_out)]
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
-        with m.If(advance & position_last):
-            m.d.sync += finished_valid.eq(1)
-        with m.Elif(take_finished):
-            m.d.sync += finished_valid.eq(0)
+        with m.If(take_finished):
+            m.d.sync += [finished[co].eq(finished_next[co]) for co in range(c_out)]
+        with m.If(arrive):
+            with m.If(finished_count == take_finished):
+                m.d.sync += [finished[co].eq(merged[co]) for co in range(c_out)]
+            with m.Else():
+                m.d.sync += [finished_next[co].eq(merged[co]) for co in range(c_out)]
+        m.d.sync += finished_count.eq(finished_count + arrive - take_finished)
         with m.If(give):
             m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.x.eq(head_meta.x),
                          self.o_stream.payload.y.eq(head_meta.y),
@@ -713,6 +745,6 @@ class SparseConv(wiring.Component):
         with m.Elif(~(queue.w_en & queue.w_rdy) & (queue.r_en & queue.r_rdy)):
             m.d.sync += queue_level.eq(queue_level - 1)
 
-        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, wr_valid, queue.r_rdy, finished_valid,
+        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, wr_valid, wn_valid, queue.r_rdy, finished_count != 0,
                                      self.o_stream.valid, *in_flight).any())
         return m

@@ -379,7 +379,7 @@ def test_latency():
         run_simulation(dut, [bench], deadline_cycles=500)
 
 
-@pytest.mark.parametrize("lanes, queue_depth, requant", [(2, 2, False), (3, 16, True), (1, 1, False)])
+@pytest.mark.parametrize("lanes, queue_depth, requant", [(2, 2, False), (3, 16, True), (1, 1, False), (2, 32, True)])
 def test_timeline(lanes, queue_depth, requant):
     """Inputs always offered, results always taken: first window accepted to last result
     offered is ``engine_cycles`` exactly (empty positions pass a walk; a full queue holds them)."""
@@ -389,8 +389,11 @@ def test_timeline(lanes, queue_depth, requant):
     frame = random_frame(rng, dut, height, width)
     lists = random_lists(rng, dut, height, width)
     lists.count[rng.random((height, width)) < 0.5] = 0
-    lists.count[0, 1] = 9                                   # a long walk with empties behind it
-    lists.count[0, 2:5] = 0
+    lists.count[0, 1] = 9                                   # a long walk, the next position waiting
+    lists.count[0, 2] = 3                                   # beside it, then empties behind them
+    lists.count[0, 3:6] = 0
+    lists.count[1, 0] = 9
+    lists.count[1, 1:4] = 0
     _, counters = sparse_conv(frame, lists, kernel_size=3, pad_mode="replicate", lanes=lanes)
     windows = window_words(dut.i_window.payload.shape(), frame, kernel_size=3, pad_mode="replicate")
     taps = tap_list_words(dut.i_taps.payload.shape(), lists)
@@ -457,7 +460,7 @@ def test_window_waits_for_mask_write():
 def test_properties():
     dut = SparseConv(kernel_size=5, in_channels=2, out_channels=6, lanes=4, pixel_shape=signed(8))
     assert (dut.kernel_size, dut.in_channels, dut.out_channels, dut.lanes) == (5, 2, 6, 4)
-    assert dut.taps_per_list == 50 and dut.walkers == 2 and dut.queue_depth == 16
+    assert dut.taps_per_list == 50 and dut.walkers == 2 and dut.queue_depth == 32
     assert dut.accumulator_width == 21              # 50 · 128 · 128 = 819200 > 2**19
     assert dut.o_stream.payload.shape()["data"].shape.elem_shape == signed(21)
     assert SparseConv(requantize=True).o_stream.payload.shape()["data"].shape.elem_shape == signed(8)
