@@ -356,6 +356,12 @@ def _target_text(modelled, lanes, kinds, fractions, fluid_depths):
         if unreachable:
             text.append("Not even a buffer of every position reaches it on "
                         + ", ".join(f"{row['image']} {row['prune_threshold']}" for row in unreachable) + ".")
+        engine = fractions(lane, None)
+        worst = modelled[int(np.argmin(engine))]
+        text.append(f"The engine as built: lowest {min(engine):.0%} ({worst['image']} "
+                    f"{worst['prune_threshold']}), " + ("at or above" if min(engine) >= target else "below")
+                    + f" the target on {'every' if min(engine) >= target else 'that'} case "
+                    f"({sum(value >= target for value in engine)} of {len(engine)} cases reach it).")
         # schedules only: not the engine, not the bounds (pipeline ≤, fluid)
         schedules = [(label, key) for label, key in kinds if key is not None and key != "pipeline_at_most"
                      and not key.startswith("fluid_")]
