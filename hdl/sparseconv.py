@@ -349,13 +349,19 @@ class SparseConv(wiring.Component):
         # *excluded* bits computed and registered, so the engine's tap selection starts from
         # flip-flops. W0 fills while W1's position is walked: no bubble between positions.
         pixels_layout = window.payload.shape()["data"].shape
+        # The window's pixels are held in flat registers (the layout is put back on at E1):
+        # a register with the nested array layout gets wires named "w_pixels[0]" and
+        # "w_pixels[0][2]", whose bit names ("w_pixels[0]" bit 2 → "w_pixels[0][2]") collide
+        # in Yosys' ABC9 reintegration (abc_ops_reintegrate: "GetSize(conn.first) ==
+        # GetSize(conn.second)" in 0.70, "count_id(wire->name) == 0" in 0.69).
+        pixels_width = pixels_layout.size
         w0_valid = Signal()
-        w0_pixels = Signal(pixels_layout, reset_less=True)
+        w0_pixels = Signal(pixels_width, reset_less=True)
         w0_pad = Signal(k * k, reset_less=True)             # element (dy, dx) at bit dy·K + dx
         w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
         w0_meta = Signal(meta_layout, reset_less=True)
         w1_valid = Signal()
-        w_pixels = Signal(pixels_layout, reset_less=True)
+        w_pixels = Signal(pixels_width, reset_less=True)
         w_excluded = Signal(k * k, reset_less=True)
         w_meta = Signal(meta_layout, reset_less=True)
         done = Signal()                                     # the position in the engine ends
@@ -470,11 +476,11 @@ class SparseConv(wiring.Component):
         # positions behind it are admitted too; it has the walk register's contents.
         wr_entries = [[Signal(tap_shape, name=f"wr_tap_{co}_{i}", reset_less=True) for i in range(n)]
                       for co in range(c_out)]
-        wr_pixels = Signal(pixels_layout, reset_less=True)
+        wr_pixels = Signal(pixels_width, reset_less=True)
         pending = [Signal(n, name=f"pending_{co}", reset_less=True) for co in range(c_out)]
         wn_entries = [[Signal(tap_shape, name=f"wn_tap_{co}_{i}", reset_less=True) for i in range(n)]
                       for co in range(c_out)]
-        wn_pixels = Signal(pixels_layout, reset_less=True)
+        wn_pixels = Signal(pixels_width, reset_less=True)
         wn_pending = [Signal(n, name=f"wn_pending_{co}", reset_less=True) for co in range(c_out)]
         with m.If(to_next):
             m.d.sync += [wn_entries[co][i].eq(lists[co].taps[i]) for co in range(c_out) for i in range(n)]
@@ -582,7 +588,7 @@ class SparseConv(wiring.Component):
         e1_taps = [tap_shape(register(lane_taps[j], f"e1_tap{j}")) for j in range(lanes)]
         e1_channel = delay(lane_channel, "e1_channel")
         e1_flush = delay(lane_flush, "e1_flush")
-        e1_pixels = pixels_layout(register(wr_pixels.as_value(), "e1_pixels"))
+        e1_pixels = pixels_layout(register(wr_pixels, "e1_pixels"))
         delay_tags("e1")
         # stage 2: multiplier operands (DSP input registers)
         # (an idle lane selected no entry: its one-hot select gave weight 0)
