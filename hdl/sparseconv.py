@@ -2,7 +2,7 @@
 
 import operator
 
-from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,7 +11,7 @@ from ..golden.sparseconv import (FINISHED_SLOTS, MULTIPLIER_MAX, SHIFT_MAX, accu
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
 from .requant import REQUANT_STAGES, requantize_stages
-from .taps import index_width, tap_layout, tap_lists_layout
+from .taps import tap_layout, tap_lists_layout
 from .window import PadMode, window_layout
 
 
@@ -36,13 +36,6 @@ def _prefix_or(value):
         below = [below[i] | below[i - span] if i >= span else below[i] for i in range(len(bits))]
         span *= 2
     return Cat(*below)
-
-
-def _at_most_one(value):
-    """1 when at most one bit of ``value`` is set: a balanced tree of (any, several) pairs."""
-    def combine(a, b):
-        return (a[0] | b[0], a[1] | b[1] | (a[0] & b[0]))
-    return ~_tree(((value[i], C(0, 1)) for i in range(len(value))), combine)[1]
 
 
 def _sum(values):
