@@ -340,11 +340,12 @@ def cycles_per_position(active, *, lanes):
 RESULT_STAGES = (3, 7)
 
 
-#: Finished results the engine holds while earlier positions are given out.
-FINISHED_SLOTS = 2
+#: Finished results the engine holds while earlier positions are given out (default).
+FINISHED_SLOTS = 4
 
 
-def engine_cycles(active, *, lanes, queue_depth=32, requantize=False, _skip=True):
+def engine_cycles(active, *, lanes, queue_depth=64, finished_slots=FINISHED_SLOTS, requantize=False,
+                  _skip=True):
     """Cycles of :class:`~dynsparse.hdl.sparseconv.SparseConv` over positions ``active [P, C_out]``.
 
     A cycle-level model of the engine's position flow, matched cycle for cycle
@@ -359,7 +360,7 @@ def engine_cycles(active, *, lanes, queue_depth=32, requantize=False, _skip=True
     register is empty, otherwise to the next register, which moves into the
     walk register when the walk ends. A walked position takes
     :func:`cycles_per_position` steps; its result reaches the finished
-    results (:data:`FINISHED_SLOTS` of them) :data:`RESULT_STAGES` cycles
+    results (``finished_slots`` of them) :data:`RESULT_STAGES` cycles
     after its last step and waits there until the queue's head is that
     position. One result is given out per cycle, an empty position's zeros as
     soon as it is at the head. The walk stops while a finished result finds
@@ -367,6 +368,7 @@ def engine_cycles(active, *, lanes, queue_depth=32, requantize=False, _skip=True
     """
     walk = cycles_per_position(np.asarray(active).reshape(-1, np.shape(active)[-1]), lanes=lanes).tolist()
     depth = _check_int("queue depth", queue_depth, 1)
+    slots = _check_int("finished slot count", finished_slots, 1)
     stages = RESULT_STAGES[bool(requantize)]
     positions = len(walk)
     if positions == 0:
@@ -388,7 +390,7 @@ def engine_cycles(active, *, lanes, queue_depth=32, requantize=False, _skip=True
         final = pipe[-1]
         give = bool(queue) and (queue[0] or finished > 0)
         take = give and not queue[0]
-        advance = not (final and finished == FINISHED_SLOTS and not take)
+        advance = not (final and finished == slots and not take)
         step = wr is not None and advance
         last_step = step and left == 1
         wr_free = wr is None or last_step

@@ -6,7 +6,7 @@ from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import (FINISHED_SLOTS, MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
+from ..golden.sparseconv import (MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
                                engine_cycles, walker_channels)
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
@@ -95,7 +95,9 @@ class SparseConv(wiring.Component):
     its padding-mask bits, W1 holds it with its excluded elements in
     flip-flops, facing the offered tap list (the *front*). From the front a
     position is *admitted* into the order queue (``queue_depth`` entries of
-    ``x``, ``y``, ``first``, ``last``): a position with no entry to do is
+    four bits: ``first``, ``last``, row start, empty; the output counts ``x``
+    and ``y`` from them, so windows come in raster order, as
+    :class:`~dynsparse.hdl.window.WindowGenerator` gives them): a position with no entry to do is
     *empty*, needs no walk and is admitted at once, even while another
     position walks. Any other position loads its tap entries, pixels and
     to-do bits into the walk register when that is free or takes its last
@@ -103,8 +105,8 @@ class SparseConv(wiring.Component):
     into the next register otherwise (if that is empty or moves up into the
     walk register in that cycle). So one position waits, admitted, while one
     walks, and the empty positions behind both pass. Results leave in
-    admission order: a walked position's results wait in one of two finished
-    slots until it is the queue's head; an empty position at the head gives
+    admission order: a walked position's results wait in one of the finished
+    slots (``finished_slots``) until it is the queue's head; an empty position at the head gives
     zeros (``requantize`` maps 0 to 0).
 
     Parameters
@@ -125,8 +127,11 @@ class SparseConv(wiring.Component):
     requantize : bool
         Give int8 results (``multiplier``, ``shift``) instead of accumulators.
     queue_depth : int
-        Positions admitted and not yet given out, 1 to 64 (default 32; flip-flops): how far
+        Positions admitted and not yet given out, 1 to 64 (default 64; flip-flops): how far
         empty positions may run ahead of a walked one.
+    finished_slots : int
+        Walked positions whose results wait for the positions admitted before them to be
+        given out, 1 to 8 (default 4; ``C_out`` results each).
 
     Members
     -------
@@ -185,7 +190,7 @@ class SparseConv(wiring.Component):
     engine, a window accepted in cycle ``t`` with its tap list waiting has its
     result offered in cycle ``t + latency + steps - 1`` (an empty position's
     in cycle ``t + 4``). ``o_stream`` may stall at any cycle; the walk then
-    stops only when a finished result finds both slots taken, and admission
+    stops only when a finished result finds every finished slot taken, and admission
     only when the queue is full.
 
     Raises
@@ -202,7 +207,7 @@ class SparseConv(wiring.Component):
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
-                 requantize=False, queue_depth=32):
+                 requantize=False, queue_depth=64, finished_slots=4):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._in_channels  = check_int("input channel count", in_channels, minimum=1)
         self._out_channels = check_int("output channel count", out_channels, minimum=1)
@@ -219,6 +224,7 @@ class SparseConv(wiring.Component):
             raise TypeError(f"requantize must be a bool, not {requantize!r}")
         self._requantize = requantize
         self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=64)
+        self._finished_slots = check_int("finished slot count", finished_slots, minimum=1, maximum=8)
         self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
                                  max_width=max_width, max_height=max_height)
 
@@ -268,6 +274,7 @@ class SparseConv(wiring.Component):
     block_size   = property(lambda self: self._block_size)
     requantize   = property(lambda self: self._requantize)
     queue_depth  = property(lambda self: self._queue_depth)
+    finished_slots = property(lambda self: self._finished_slots)
 
     @property
     def taps_per_list(self):
@@ -302,7 +309,7 @@ class SparseConv(wiring.Component):
         ``active[P, C_out]`` in stream order, windows and tap lists always offered and results
         always taken (:func:`dynsparse.golden.sparseconv.engine_cycles` plus the latency)."""
         return engine_cycles(active, lanes=self._lanes, queue_depth=self._queue_depth,
-                             requantize=self._requantize)
+                             finished_slots=self._finished_slots, requantize=self._requantize)
 
     def elaborate(self, platform):
         m = Module()
@@ -433,7 +440,10 @@ class SparseConv(wiring.Component):
         # The order queue: flip-flops and a read multiplexer (a memory with an asynchronous
         # read port stops Yosys' opt_mem on ECP5 inside the conv board: assertion in mem.cc).
         depth = self._queue_depth
-        queue_slots = [Signal(meta_layout.size + 1, name=f"queue_{i}", reset_less=True) for i in range(depth)]
+        # An entry: the position's ``first``, ``last``, whether it starts a row (x = 0) and
+        # whether it is empty; the output counts x and y from them (windows come in raster order).
+        queue_layout = data.StructLayout({"first": 1, "last": 1, "row_start": 1, "empty": 1})
+        queue_slots = [Signal(queue_layout.size, name=f"queue_{i}", reset_less=True) for i in range(depth)]
         queue_head = Signal(range(max(2, depth)))
         queue_tail = Signal(range(max(2, depth)))
         queue_level = Signal(range(depth + 1))
@@ -453,7 +463,7 @@ class SparseConv(wiring.Component):
             done.eq(admit),
             taps.ready.eq(admit),
             queue.w_en.eq(admit),
-            queue.w_data.eq(Cat(w_meta, front_empty)),
+            queue.w_data.eq(Cat(w_meta.first, w_meta.last, w_meta.x == 0, front_empty)),
             raised.bad_tap.eq(admit & bad),
             raised.misaligned.eq(admit & (w_meta.as_value() != Cat(
                 taps.payload.x, taps.payload.y, taps.payload.first, taps.payload.last))),
@@ -689,14 +699,14 @@ class SparseConv(wiring.Component):
             for j in reversed(walkers[(co % lanes) // 2][0]):
                 value = Mux(result_valid[j] & (result_channel[j] == co), results[j], value)
             merged.append(value)
-        # FINISHED_SLOTS (2) finished positions, the oldest in slot 0
-        finished_count = Signal(range(FINISHED_SLOTS + 1))
-        finished = [Signal(data_shape, name=f"finished_{co}", reset_less=True) for co in range(c_out)]
-        finished_next = [Signal(data_shape, name=f"finished_next_{co}", reset_less=True) for co in range(c_out)]
+        # ``finished_slots`` finished positions, the oldest in slot 0
+        slots = self._finished_slots
+        finished_count = Signal(range(slots + 1))
+        finished = [[Signal(data_shape, name=f"finished_{s}_{co}", reset_less=True) for co in range(c_out)]
+                    for s in range(slots)]
         arrive = Signal()
-        head = Signal(meta_layout.size + 1)
-        head_meta = meta_layout(head[:meta_layout.size])
-        head_empty = head[-1]
+        head = Signal(queue_layout)
+        head_empty = head.empty
         give = Signal()
         take_finished = Signal()
         m.d.comb += [
@@ -706,7 +716,7 @@ class SparseConv(wiring.Component):
                     (head_empty | (finished_count != 0))),
             take_finished.eq(give & ~head_empty),
             queue.r_en.eq(give),
-            advance.eq(~(final_position & (finished_count == FINISHED_SLOTS) & ~take_finished)),
+            advance.eq(~(final_position & (finished_count == slots) & ~take_finished)),
             arrive.eq(advance & position_last),
         ]
         with m.If(advance):
@@ -714,20 +724,26 @@ class SparseConv(wiring.Component):
                 m.d.sync += [collected[co].eq(0) for co in range(c_out)]
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
-        with m.If(take_finished):
-            m.d.sync += [finished[co].eq(finished_next[co]) for co in range(c_out)]
-        with m.If(arrive):
-            with m.If(finished_count == take_finished):
-                m.d.sync += [finished[co].eq(merged[co]) for co in range(c_out)]
-            with m.Else():
-                m.d.sync += [finished_next[co].eq(merged[co]) for co in range(c_out)]
+        # the slots shift down when the oldest is given out; an arriving position takes the
+        # first free slot after the shift
+        free_slot = Signal(range(slots + 1))
+        m.d.comb += free_slot.eq(finished_count - take_finished)
+        for s in range(slots):
+            with m.If(arrive & (free_slot == s)):
+                m.d.sync += [finished[s][co].eq(merged[co]) for co in range(c_out)]
+            if s + 1 < slots:
+                with m.Elif(take_finished):
+                    m.d.sync += [finished[s][co].eq(finished[s + 1][co]) for co in range(c_out)]
         m.d.sync += finished_count.eq(finished_count + arrive - take_finished)
         with m.If(give):
-            m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.x.eq(head_meta.x),
-                         self.o_stream.payload.y.eq(head_meta.y),
-                         self.o_stream.payload.first.eq(head_meta.first),
-                         self.o_stream.payload.last.eq(head_meta.last)]
-            m.d.sync += [self.o_stream.payload.data[co].eq(Mux(head_empty, 0, finished[co]))
+            out = self.o_stream.payload
+            m.d.sync += [self.o_stream.valid.eq(1), out.first.eq(head.first), out.last.eq(head.last),
+                         out.x.eq(Mux(head.row_start, 0, out.x + 1))]
+            with m.If(head.first):
+                m.d.sync += out.y.eq(0)
+            with m.Elif(head.row_start):
+                m.d.sync += out.y.eq(out.y + 1)
+            m.d.sync += [self.o_stream.payload.data[co].eq(Mux(head_empty, 0, finished[0][co]))
                          for co in range(c_out)]
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)

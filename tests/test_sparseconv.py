@@ -379,13 +379,14 @@ def test_latency():
         run_simulation(dut, [bench], deadline_cycles=500)
 
 
-@pytest.mark.parametrize("lanes, queue_depth, requant", [(2, 2, False), (3, 16, True), (1, 1, False), (2, 32, True)])
-def test_timeline(lanes, queue_depth, requant):
+@pytest.mark.parametrize("lanes, queue_depth, slots, requant", [
+    (2, 2, 1, False), (2, 16, 1, False), (3, 16, 2, True), (1, 1, 4, False), (2, 32, 4, True), (2, 64, 3, False)])
+def test_timeline(lanes, queue_depth, slots, requant):
     """Inputs always offered, results always taken: first window accepted to last result
     offered is ``engine_cycles`` exactly (empty positions pass a walk; a full queue holds them)."""
-    dut = make(lanes=lanes, out_channels=4, queue_depth=queue_depth, requantize=requant)
-    rng = np.random.default_rng(lanes * 10 + queue_depth)
-    height, width = 3, 7
+    dut = make(lanes=lanes, out_channels=4, queue_depth=queue_depth, finished_slots=slots, requantize=requant)
+    rng = np.random.default_rng(lanes * 10 + queue_depth + slots)
+    height, width = 4, 7
     frame = random_frame(rng, dut, height, width)
     lists = random_lists(rng, dut, height, width)
     lists.count[rng.random((height, width)) < 0.5] = 0
@@ -394,6 +395,9 @@ def test_timeline(lanes, queue_depth, requant):
     lists.count[0, 3:6] = 0
     lists.count[1, 0] = 9
     lists.count[1, 1:4] = 0
+    lists.count[2, 0] = 9                                   # a long walk, empties, then short walks
+    lists.count[2, 1:6] = 0                                 # that finish while the empties leave
+    lists.count[2, 6] = lists.count[3, 0:3] = 1
     _, counters = sparse_conv(frame, lists, kernel_size=3, pad_mode="replicate", lanes=lanes)
     windows = window_words(dut.i_window.payload.shape(), frame, kernel_size=3, pad_mode="replicate")
     taps = tap_list_words(dut.i_taps.payload.shape(), lists)
@@ -460,7 +464,8 @@ def test_window_waits_for_mask_write():
 def test_properties():
     dut = SparseConv(kernel_size=5, in_channels=2, out_channels=6, lanes=4, pixel_shape=signed(8))
     assert (dut.kernel_size, dut.in_channels, dut.out_channels, dut.lanes) == (5, 2, 6, 4)
-    assert dut.taps_per_list == 50 and dut.walkers == 2 and dut.queue_depth == 32
+    assert dut.taps_per_list == 50 and dut.walkers == 2 and dut.queue_depth == 64
+    assert dut.finished_slots == 4
     assert dut.accumulator_width == 21              # 50 · 128 · 128 = 819200 > 2**19
     assert dut.o_stream.payload.shape()["data"].shape.elem_shape == signed(21)
     assert SparseConv(requantize=True).o_stream.payload.shape()["data"].shape.elem_shape == signed(8)
@@ -498,6 +503,8 @@ def test_properties():
     ({"requantize": 1}, TypeError, r"^requantize must be a bool, not 1$"),
     ({"queue_depth": 0}, ValueError, r"^queue depth must be an integer in \[1, 64\], not 0$"),
     ({"queue_depth": 2.5}, TypeError, r"^queue depth must be an integer in \[1, 64\], not 2\.5$"),
+    ({"finished_slots": 0}, ValueError, r"^finished slot count must be an integer in \[1, 8\], not 0$"),
+    ({"finished_slots": "4"}, TypeError, r"^finished slot count must be an integer in \[1, 8\], not '4'$"),
 ])
 def test_parameter_errors(kwargs, error, message):
     with pytest.raises(error, match=message):

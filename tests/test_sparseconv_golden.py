@@ -185,6 +185,12 @@ def test_engine_cycles_hand_checked():
     assert engine_cycles(long, lanes=2) == 8 + 30 - 1 + 11
     # ... but with a queue of 2 they wait for its result
     assert engine_cycles(long, lanes=2, queue_depth=2) > 8 + 30 - 1 + 11
+    # a long walk, ten empties, six one-step walks and a long walk: with six finished slots
+    # the short results wait there while the empties leave, and the walks go back to back;
+    # with fewer, the walk stops while every slot is taken and the last walk starts later
+    burst = [[30, 30]] + [[0, 0]] * 10 + [[1, 1]] * 6 + [[30, 30]]
+    assert [engine_cycles(burst, lanes=2, finished_slots=s) for s in range(1, 9)] == \
+        [83, 82, 81, 80, 79] + [8 + 30 + 6 + 30 - 1] * 3
 
 
 def test_engine_cycles_skip_is_exact():
@@ -197,7 +203,8 @@ def test_engine_cycles_skip_is_exact():
         active[rng.random(len(active)) < 0.5] = 0
         for depth in (1, 3, 16):
             for requant in (False, True):
-                kwargs = {"lanes": lanes, "queue_depth": depth, "requantize": requant}
+                kwargs = {"lanes": lanes, "queue_depth": depth, "requantize": requant,
+                          "finished_slots": int(rng.integers(1, 5))}
                 assert engine_cycles(active, **kwargs) == engine_cycles(active, _skip=False, **kwargs)
 
 
