@@ -85,7 +85,7 @@ __all__ = [
     "WEIGHT_MAX", "DENSITY_ONE", "PRUNE_THRESHOLD_MAX", "MULTIPLIER_MAX", "SHIFT_MAX",
     "TapLists", "check_weights", "check_tile_size", "accumulator_width",
     "tap_densities", "scale_weights", "tap_lists", "dense_tap_lists", "expand_tiles",
-    "sparse_conv", "requantize", "cycles_per_position", "engine_cycles", "walker_channels", "FINISHED_SLOTS",
+    "sparse_conv", "requantize", "cycles_per_position", "engine_cycles", "walker_channels", "FINISHED_SLOTS", "QUEUE_DEPTH",
     "tap_densities_float", "conv_float",
 ]
 
@@ -343,8 +343,11 @@ RESULT_STAGES = (3, 7)
 #: Finished results the engine holds while earlier positions are given out (default).
 FINISHED_SLOTS = 4
 
+#: Positions admitted and not yet given out (default).
+QUEUE_DEPTH = 64
 
-def engine_cycles(active, *, lanes, queue_depth=64, finished_slots=FINISHED_SLOTS, requantize=False,
+
+def engine_cycles(active, *, lanes, queue_depth=QUEUE_DEPTH, finished_slots=FINISHED_SLOTS, requantize=False,
                   _skip=True):
     """Cycles of :class:`~dynsparse.hdl.sparseconv.SparseConv` over positions ``active [P, C_out]``.
 

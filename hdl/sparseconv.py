@@ -6,8 +6,8 @@ from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import (MULTIPLIER_MAX, SHIFT_MAX, accumulator_width, cycles_per_position,
-                               engine_cycles, walker_channels)
+from ..golden.sparseconv import (FINISHED_SLOTS, MULTIPLIER_MAX, QUEUE_DEPTH, SHIFT_MAX, accumulator_width,
+                               cycles_per_position, engine_cycles, walker_channels)
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
 from .requant import REQUANT_STAGES, requantize_stages
@@ -207,7 +207,7 @@ class SparseConv(wiring.Component):
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
-                 requantize=False, queue_depth=64, finished_slots=4):
+                 requantize=False, queue_depth=QUEUE_DEPTH, finished_slots=FINISHED_SLOTS):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._in_channels  = check_int("input channel count", in_channels, minimum=1)
         self._out_channels = check_int("output channel count", out_channels, minimum=1)

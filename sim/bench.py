@@ -24,8 +24,8 @@ import numpy as np
 from ..golden.density import density_map, density_map_float, inv_ref_var
 from ..golden.images import real_image
 from ..golden.sparseconv import (
-    conv_float, dense_tap_lists, engine_cycles, expand_tiles, sparse_conv, tap_densities, tap_densities_float,
-    tap_lists,
+    FINISHED_SLOTS, QUEUE_DEPTH, conv_float, dense_tap_lists, engine_cycles, expand_tiles, sparse_conv,
+    tap_densities, tap_densities_float, tap_lists,
 )
 from .schedule import decoupled_cycles, flat_cycles, flat_empty_free_cycles, fluid_cycles, walker_cycles
 
@@ -211,7 +211,8 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
         f"- Density: K = 3, reference std {ref_std:g}; padding `{pad_mode}` (padding taps skipped).",
         f"- Prune thresholds (UQ1.8): {', '.join(str(t) for t in thresholds)} "
         f"(= {', '.join(f'{t / 256:g}' for t in thresholds)}); tile size 1 unless marked.",
-        f"- Engine: {' and '.join(str(lane) for lane in lanes)} lanes, queue depth 16; cycles from the "
+        f"- Engine: {' and '.join(str(lane) for lane in lanes)} lanes, queue depth {QUEUE_DEPTH}, "
+        f"{FINISHED_SLOTS} finished slots (the defaults); cycles from the "
         "engine's cycle model (`engine_cycles`: first window accepted to last result offered, inputs "
         "always offered), which the RTL matches cycle for cycle. A position takes "
         "`max_q ceil(v_q / 2)` walk steps (walker q: a lane pair and the v_q active taps of its "
