@@ -57,5 +57,11 @@ def requantize_stages(m, advance, values, multiplier, shift, tags):
     shifted = [register(value >> amount, f"rq4_shifted{j}") for j, value in enumerate(sums)]
     tags = delay(tags, 4)
 
-    out = [Mux(value > 127, 127, Mux(value < -128, -128, value))[:8].as_signed() for value in shifted]
+    # the clamp from bit tests (no wide comparator): above 127 when positive with a bit set
+    # above bit 6, below −128 when negative with a bit clear there
+    out = []
+    for value in shifted:
+        sign, high = value[-1], value[7:-1]
+        over, under = ~sign & high.any(), sign & ~high.all()
+        out.append(Mux(over, 127, Mux(under, -128, value[:8].as_signed()))[:8].as_signed())
     return out, tags, valids
