@@ -42,6 +42,8 @@ WEIGHT_BENCH_END = "<!-- dynsparse bench --suite weights: end -->"
 SCHEDULE_DEPTHS = (16, 64)
 #: Buffer depths (positions) of the fluid bound (:func:`dynsparse.sim.schedule.fluid_cycles`).
 FLUID_DEPTHS = (64, 1024)
+#: Buffer depths (non-empty positions) of the fluid bound with empty positions free.
+FLUID_FREE_DEPTHS = (16, 64)
 #: Non-empty positions that may wait while one walks in the *flat, empty positions free* model.
 EMPTY_FREE_WAITING = 1
 #: The project's target: sparse speedup at least this fraction of the (rate-bounded) ideal.
@@ -102,6 +104,9 @@ def _schedule_models(counts, lists, lanes, dense_cycles, sparse_cycles, bound, d
             models[f"{'rotated' if rotate else 'fixed'}_{depth}"] = dense_cycles / cycles / bound
     for depth in fluid_depths:
         models[f"fluid_{depth}"] = dense_cycles / fluid_cycles(active, lanes=lanes, depth=depth) / bound
+    for depth in FLUID_FREE_DEPTHS:
+        models[f"fluid_free_{depth}"] = dense_cycles / fluid_cycles(active, lanes=lanes, depth=depth,
+                                                                    empty_free=True) / bound
     return models
 
 
@@ -255,7 +260,9 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
     if modelled:
         names = list(next(f for f in modelled[0]["lanes"].values() if "schedule_models" in f)["schedule_models"])
         depths = sorted({int(n.split("_")[1]) for n in names if n.startswith("fixed_")})
-        fluid_depths = sorted({int(n.split("_")[1]) for n in names if n.startswith("fluid_")})
+        fluid_depths = sorted({int(n.split("_")[1]) for n in names if n.startswith("fluid_")
+                               and not n.startswith("fluid_free_")})
+        free_depths = sorted({int(n.split("_")[2]) for n in names if n.startswith("fluid_free_")})
         lines += ["", "## Schedules: what the engine reaches and what other schedules would (models)", "",
                   "Fractions of the rate-bounded ideal, tile size 1. *engine*: the engine as built (the "
                   "table above). The rest are cycle models of schedules that are **not built** "
@@ -284,11 +291,16 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
                   "*fluid D* is the highest fraction any of them can reach. *fluid buffer for "
                   f"{TARGET_FRACTION:.0%}*: the smallest power-of-two D at which it reaches "
                   f"{TARGET_FRACTION:.0%}.",
+                  "- *fluid free D*: the same bound when a position with no active MAC holds no slot (it "
+                  "passes in its admission cycle, as in the engine), D counting the positions with work "
+                  "(`fluid_cycles(..., empty_free=True)`): the highest fraction a schedule whose empty "
+                  "positions pass free can reach with a buffer of D positions that have work.",
                   ""]
         kinds = [("engine", None), ("pipeline ≤", "pipeline_at_most"), ("flat", "flat"),
                  ("flat + empty free", "flat_empty_free")] + [
             (f"{kind} {depth}", f"{kind}_{depth}") for depth in depths for kind in ("fixed", "rotated")] + [
-            (f"fluid {depth}", f"fluid_{depth}") for depth in fluid_depths]
+            (f"fluid {depth}", f"fluid_{depth}") for depth in fluid_depths] + [
+            (f"fluid free {depth}", f"fluid_free_{depth}") for depth in free_depths]
 
         def fractions(lane, key):
             return [row["lanes"][str(lane)]["fraction_of_rate_bounded_ideal"] if key is None
@@ -297,7 +309,7 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
         for lane in lanes:
             lowest = [f"{label} {min(fractions(lane, key)):.0%}" for label, key in kinds]
             lines.append(f"- Lowest over the table at L = {lane}: " + ", ".join(lowest) + ".")
-        lines += [""] + _target_text(modelled, lanes, kinds, fractions, fluid_depths)
+        lines += [""] + _target_text(modelled, lanes, kinds, fractions, fluid_depths, free_depths)
         lines.append("")
         header = ["image", "threshold", "L"] + [label for label, _ in kinds] + [
             f"fluid buffer for {TARGET_FRACTION:.0%}"]
@@ -324,7 +336,7 @@ def _buffer_text(depth):
     return "none" if depth is None else f"{depth:,}"
 
 
-def _target_text(modelled, lanes, kinds, fractions, fluid_depths):
+def _target_text(modelled, lanes, kinds, fractions, fluid_depths, free_depths=()):
     """The paragraph on the target: the buffer the fluid bound needs for it, which schedules reach it."""
     target = TARGET_FRACTION
     lines = [f"**The {target:g} target.** The project asks for a sparse speedup of at least {target:g} of "
@@ -342,7 +354,7 @@ def _target_text(modelled, lanes, kinds, fractions, fluid_depths):
                               for depth, row in needs)
             text.append(f"the fluid bound reaches {target:.0%} with a buffer of (smallest power of two, column "
                         f"*fluid buffer for {target:.0%}*) {cases}. So no schedule that admits one window a "
-                        "cycle meets the target there with the smaller buffer"
+                        "cycle, every position holding a slot, meets the target there with the smaller buffer"
                         + (" of each pair" if len(needs) > 1 else "") + " or less: on "
                         f"{worst['image']} {worst['prune_threshold']} not with {depth // 2:,} positions")
             shallow = [d for d in fluid_depths if d < depth]
@@ -354,6 +366,15 @@ def _target_text(modelled, lanes, kinds, fractions, fluid_depths):
                          "lane cycles to later edges without holding their windows in the buffer.")
         else:
             text.append(f"the fluid bound reaches {target:.0%} on every case with a buffer of one position.")
+        if free_depths:
+            free = [(d, fractions(lane, f"fluid_free_{d}")) for d in free_depths]
+            text.append("With empty positions free (no slot) the bound is higher: lowest "
+                        + ", ".join(f"{min(values):.0%} with {d} positions with work" for d, values in free)
+                        + " (*fluid free*)" + (
+                            f"; a schedule that spreads the MACs of up to {min(d for d, v in free if min(v) >= target)}"
+                            " buffered positions with work over the lanes, and lets empty ones pass, could "
+                            "reach the target on every case." if any(min(v) >= target for _, v in free) else
+                            f": no such schedule reaches {target:.0%} on every case with {max(free_depths)}."))
         if unreachable:
             text.append("Not even a buffer of every position reaches it on "
                         + ", ".join(f"{row['image']} {row['prune_threshold']}" for row in unreachable) + ".")

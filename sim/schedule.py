@@ -30,7 +30,8 @@ architecture can be judged before it is built:
   whole lane set, fractions allowed) behind a buffer of ``depth`` positions.
   No schedule that admits at most one position a cycle, in order, into a
   buffer of ``depth`` positions and performs at most ``L`` MACs a cycle takes
-  fewer cycles (see the function).
+  fewer cycles (see the function). With ``empty_free`` only positions with
+  work hold a slot: the bound of schedules whose empty positions pass free.
 
 These are models, not hardware: :mod:`dynsparse.sim.bench` reports them in a
 section of their own, apart from the engine's measured cycles.
@@ -121,7 +122,7 @@ def flat_empty_free_cycles(active, *, lanes, waiting):
     return max(end, admit + 1)
 
 
-def fluid_cycles(active, *, lanes, depth):
+def fluid_cycles(active, *, lanes, depth, empty_free=False):
     """The fluid bound: cycles of a schedule with no granularity behind a ``depth``-position buffer.
 
     With ``w_p = Σ_co active[p, co]``: position ``p`` is admitted at
@@ -145,21 +146,34 @@ def fluid_cycles(active, *, lanes, depth):
     With ``depth ≥ P`` no admission waits (``a_p = p``) and the result is
     ``max(P, max_k (k + Σ_{q≥k} w_q / lanes))`` ≥ ``max(P, Σ w / lanes)``,
     the rate-bounded ideal, with equality when the work is not back-loaded.
+
+    With ``empty_free`` a position without work (``w_p = 0``) holds no slot:
+    it is admitted at ``a_p = a_{p-1} + 1`` and leaves a cycle later, and the
+    slot a non-empty position waits for is the one of the non-empty position
+    ``depth`` places earlier *among the non-empty ones*. The same induction
+    makes it a lower bound for every schedule whose empty positions pass
+    without a slot, as the engine's do (an in-order output only has to count
+    them); the result is the largest retirement time.
     """
     depth = _check_count("buffer depth", depth, 1)
     work = _active(active, lanes).sum(axis=-1).tolist()
     if not work:
         return 0.0
     # times in units of 1 / lanes cycle
-    retire = []
-    admit, finish = -lanes, 0
-    for p, w in enumerate(work):
+    retire = []                 # of the positions that hold a slot, in order
+    admit, finish, last = -lanes, 0, 0
+    for w in work:
         admit += lanes
-        if p >= depth and retire[p - depth] > admit:
-            admit = retire[p - depth]
+        if empty_free and w == 0:
+            last = max(last, admit + lanes)
+            continue
+        held = len(retire)
+        if held >= depth and retire[held - depth] > admit:
+            admit = retire[held - depth]
         finish = (finish if finish > admit else admit) + w
         retire.append(finish if finish > admit + lanes else admit + lanes)
-    return retire[-1] / lanes
+        last = max(last, retire[-1])
+    return last / lanes
 
 
 def decoupled_cycles(active, *, lanes, depth, rotate):

@@ -99,6 +99,14 @@ def test_fluid_by_hand():
     # depth 2: position 2 waits for position 0 (retired at 1); it starts when 1 is done (2.5)
     assert fluid_cycles([[0, 0], [3, 0], [1, 0]], lanes=2, depth=2) == 3.0
     assert fluid_cycles(np.zeros((0, 2), int), lanes=2, depth=1) == 0.0
+    # depth 1, work 6, 0, 0, 1: every position waits for the one before it (3, 4, 5, then 5.5,
+    # held to 6) ...
+    assert fluid_cycles([[6, 0], [0, 0], [0, 0], [1, 0]], lanes=2, depth=1) == 6.0
+    # ... but with empty positions free they pass at 1 and 2, and position 3 waits only for
+    # position 0 (3): done at 3.5, holding its slot to 4
+    assert fluid_cycles([[6, 0], [0, 0], [0, 0], [1, 0]], lanes=2, depth=1, empty_free=True) == 4.0
+    # an empty position after the work leaves a cycle after its admission: max(1.5, 2 + 1)
+    assert fluid_cycles([[3, 0], [0, 0], [0, 0]], lanes=2, depth=1, empty_free=True) == 3.0
 
 
 def test_fluid_with_a_buffer_of_every_position_is_the_rate_bound_or_the_late_work():
@@ -131,8 +139,15 @@ def test_fluid_falls_with_depth_and_bounds_the_built_and_modelled_schedules(lane
         # the built engine admits in order, one a cycle, and performs at most L MACs a cycle
         assert engine_cycles(active, lanes=lanes) >= fluid[-1] - 1e-9
         assert flat_cycles(active, lanes=lanes) >= fluid[0] - 1e-9
-        # empty positions hold no slot, so only the unbounded buffer's bound applies
+        # empty positions hold no slot, so only the unbounded buffer's bound applies ...
         assert flat_empty_free_cycles(active, lanes=lanes, waiting=1) >= fluid[-1] - 1e-9
+        # ... or the bound with empty positions free, whose buffer counts positions with work:
+        # the engine and flat + empty free hold two of them (walked and waiting)
+        free = [fluid_cycles(active, lanes=lanes, depth=d, empty_free=True) for d in (1, 2, 4, 16, 300)]
+        assert all(a >= b for a, b in zip(free, free[1:]))
+        assert all(f <= g + 1e-9 for f, g in zip(free, (fluid[0], fluid[1], fluid[2], fluid[3], fluid[5])))
+        assert engine_cycles(active, lanes=lanes) >= free[1] - 1e-9
+        assert flat_empty_free_cycles(active, lanes=lanes, waiting=1) >= free[1] - 1e-9
 
 
 @pytest.mark.parametrize("function,kwargs,error,message", [
@@ -180,12 +195,19 @@ def test_bench_reports_the_models_consistently():
             # the bound holds the schedules with the same buffer, and the engine
             assert max(model["fixed_16"], model["rotated_16"]) <= model["fluid_16"] + 1e-12
             assert figures["fraction_of_rate_bounded_ideal"] <= model["fluid_16"] + 1e-12
+            # freeing the empty positions only raises the bound; it still holds the engine and
+            # flat + empty free (their buffers of positions with work are 2 deep)
+            assert model["fluid_16"] <= model["fluid_free_16"] + 1e-12
+            assert model["fluid_free_16"] <= model["fluid_free_64"] + 1e-12
+            assert figures["fraction_of_rate_bounded_ideal"] <= model["fluid_free_16"] + 1e-12
+            assert model["flat_empty_free"] <= model["fluid_free_16"] + 1e-12
             # the smallest power-of-two buffer at which the fluid bound reaches the target
             buffer = figures["fluid_buffer_for_target"]
             assert buffer is not None and buffer & (buffer - 1) == 0
             assert (buffer <= 16) == (model["fluid_16"] >= 0.8) and (buffer <= 64) == (model["fluid_64"] >= 0.8)
     text = _markdown(rows, lanes=(8, 2), thresholds=(0, 128), ref_std=24.0, pad_mode="zero", command="x")
-    assert "| flat + empty free | fixed 16 | rotated 16 | fluid 16 | fluid 64 | fluid buffer for 80% |" in text
+    assert "| flat + empty free | fixed 16 | rotated 16 | fluid 16 | fluid 64 | fluid free 16 | fluid free 64 | " \
+        "fluid buffer for 80% |" in text
     assert "**The 0.8 target.**" in text
     for lane in (8, 2):
         lowest = next(line for line in text.splitlines() if line.startswith(f"- Lowest over the table at L = {lane}:"))
