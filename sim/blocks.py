@@ -205,7 +205,8 @@ BLOCKS = {block.name: block for block in [
                                      "max_width": 32, "max_height": 32, "block_size": 2},
                            "frame": [7, 9]},
         },
-    ),    Block(
+    ),
+    Block(
         name="convpipe",
         component="hdl.convpipe:SparseConvPipeline",
         summary="pixels to sparse convolution: density, kernel scaler, pixel FIFO, windows, sparse engine",
@@ -226,6 +227,47 @@ BLOCKS = {block.name: block for block in [
             "k3ci2co3l3q": {"block": {"kernel_size": 3, "in_channels": 2, "out_channels": 3, "lanes": 3,
                                       "max_width": 16, "max_height": 16, "requantize": True},
                             "frame": [8, 11]},
+        },
+    ),
+    Block(
+        name="anisopool",
+        component="hdl.anisopool:AnisoPool",
+        summary="anisotropic pooling (average or max) of an H×L map, window set at run time from scale codes",
+        parameters={
+            "max_height": (8, "largest map height H (rows)"),
+            "max_length": (64, "largest map length L (positions)"),
+            "base_h":     (3, "window height at scale 1.0"),
+            "base_l":     (5, "window length at scale 1.0"),
+            "k_h_min":    (1, "smallest window height"),
+            "k_h_max":    (5, "largest window height"),
+            "k_l_min":    (1, "smallest window length"),
+            "k_l_max":    (9, "largest window length"),
+        },
+        testbench="dynsparse.sim.tb.tb_anisopool",
+        test_variants={
+            "h8l48": {"block": {"max_height": 8, "max_length": 48, "base_h": 3, "base_l": 5,
+                                "k_h_min": 1, "k_h_max": 5, "k_l_min": 1, "k_l_max": 9},
+                      "map": [8, 20]},
+        },
+    ),
+    Block(
+        name="spn",
+        component="hdl.spn:ScalePredictor",
+        summary="scale prediction network: three int8 conv layers with ReLU and a sum to two UQ2.6 scale codes",
+        parameters={
+            "channels":     (8, "input maps F"),
+            "spn_channels": (4, "maps of the first two layers S"),
+            "kernel_size":  (3, "kernel K (odd)"),
+            "max_height":   (8, "largest map height H"),
+            "max_length":   (64, "largest map length L"),
+            "iterations":   (2, "loop iterations whose constants are held"),
+            "bias_bits":    (32, "signed bias width"),
+        },
+        testbench="dynsparse.sim.tb.tb_spn",
+        test_variants={
+            "f3s2k3": {"block": {"channels": 3, "spn_channels": 2, "kernel_size": 3, "max_height": 8,
+                                 "max_length": 16, "iterations": 2},
+                       "map": [6, 10]},
         },
     ),
     Block(
