@@ -928,8 +928,10 @@ def forward_int(export, x):
     """Bit-exact integer model of the whole loop: ``(logits int64 [B], trace)``.
 
     ``x`` is int8 codes ``[B, H, L]`` (:func:`encode`). ``trace`` holds, per
-    iteration, the int scale codes ``[B, 2]`` and kernel sizes ``[B, 2]``
-    and the final pooled map; every array in it is an integer array.
+    iteration, the int scale codes ``[B, 2]``, kernel sizes ``[B, 2]`` and
+    the convolution's maps ``[B, F, H, L]`` (what the scale predictor and
+    the pooling read; stacked on axis 1), and the final pooled map; every
+    array in it is an integer array.
     """
     config = check_export(export)
     x = np.asarray(x)
@@ -942,7 +944,7 @@ def forward_int(export, x):
     table = (np.asarray(export["avg_m"], np.int64), np.asarray(export["avg_s"], np.int64))
     z = x.astype(np.int64)[:, None]
     batch = len(x)
-    trace = {"scale_codes": [], "kernel_sizes": []}
+    trace = {"scale_codes": [], "kernel_sizes": [], "activations": []}
     for t in range(config.iterations):
         a = conv_int(export, z, t)
         if int(export["adaptive"]):
@@ -952,12 +954,14 @@ def forward_int(export, x):
         k_h = kernel_size_int(codes[:, 0], base=config.base_h, k_min=config.k_h_range[0], k_max=config.k_h_range[1])
         k_l = kernel_size_int(codes[:, 1], base=config.base_l, k_min=config.k_l_range[0], k_max=config.k_l_range[1])
         z = aniso_pool_int(a, k_h, k_l, mode=config.pool, table=table)
+        trace["activations"].append(a)
         trace["scale_codes"].append(codes)
         trace["kernel_sizes"].append(np.stack([k_h, k_l], axis=1))
     g = z.sum(axis=(2, 3))
     logits = g @ np.asarray(export["head_w"], np.int64) + int(export["head_b"][0])
     trace["scale_codes"] = np.stack(trace["scale_codes"], axis=1)
     trace["kernel_sizes"] = np.stack(trace["kernel_sizes"], axis=1)
+    trace["activations"] = np.stack(trace["activations"], axis=1)
     trace["pooled"] = z
     return logits, trace
 

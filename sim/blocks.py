@@ -247,7 +247,7 @@ BLOCKS = {block.name: block for block in [
         test_variants={
             "h8l48": {"block": {"max_height": 8, "max_length": 48, "base_h": 3, "base_l": 5,
                                 "k_h_min": 1, "k_h_max": 5, "k_l_min": 1, "k_l_max": 9},
-                      "map": [8, 20]},
+                      "map": [8, 20], "trained": [0, 30, 3]},
         },
     ),
     Block(
@@ -265,9 +265,14 @@ BLOCKS = {block.name: block for block in [
         },
         testbench="dynsparse.sim.tb.tb_spn",
         test_variants={
+            # the model's geometry (golden.spn.SPNConfig); trained: (seed, epochs, peptides) of the
+            # model whose held-out peptides the Verilator run checks (DYNSPARSE_HELD_OUT=all: every one)
+            "f8s4k3": {"block": {"channels": 8, "spn_channels": 4, "kernel_size": 3, "max_height": 8,
+                                 "max_length": 48, "iterations": 2},
+                       "map": [8, 48], "random_map": [3, 8], "trained": [0, 30, 16]},
             "f3s2k3": {"block": {"channels": 3, "spn_channels": 2, "kernel_size": 3, "max_height": 8,
                                  "max_length": 16, "iterations": 2},
-                       "map": [6, 10]},
+                       "map": [6, 10], "random_map": [6, 10]},
         },
     ),
     Block(

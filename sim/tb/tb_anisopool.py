@@ -1,4 +1,10 @@
-"""cocotb testbench: AnisoPool against golden.spn.aniso_pool_int."""
+"""cocotb testbench: AnisoPool against golden.spn.aniso_pool_int.
+
+On Verilator the first variant also pools the maps a trained model gives the first
+``DYNSPARSE_HELD_OUT`` held-out peptides (the variant's count by default, ``all``: every one).
+"""
+
+import os
 
 import numpy as np
 
@@ -9,6 +15,7 @@ from dynsparse.golden.spn import aniso_pool_int, encode, kernel_size_int, load_d
 from dynsparse.hdl.anisopool import AnisoPool, AnisoPoolErrors
 from dynsparse.sim.packing import pack, unpack
 from dynsparse.sim.stalls import STALL_PATTERNS
+from dynsparse.sim.tb.peptides import trained_trace
 from dynsparse.sim.tb.streams import TB, StreamSink, StreamSource, params
 
 
@@ -123,3 +130,30 @@ async def bad_maps_then_good(dut):
             (np.zeros((BLOCK.max_height + 1, 1), np.int64), 70, 90, AVERAGE, words[:1]), good]
     await run_maps(dut, maps, expected=[good, good, good], seed=5)
     assert error_names(dut) == {"misframed", "bad_size"}
+
+
+@cocotb.test(skip=cocotb.SIM_NAME.lower().startswith("icarus") or "trained" not in PARAMS)
+async def trained_model_held_out_peptides(dut):
+    """A model trained on modlamp's AMP/TM set: every feature map of both iterations of the
+    held-out peptides, pooled with the window its scale predictor chose, is the integer loop's
+    (the pooled maps of the last iteration are the loop's output; the first's feed its second
+    convolution). Verilator only."""
+    seed, epochs, count = PARAMS["trained"]
+    export, test_idx, trace = trained_trace(seed, epochs, os.environ.get("DYNSPARSE_HELD_OUT", count))
+    mode = MAX if int(export["pool_max"]) else AVERAGE
+    maps = []
+    for index in range(len(test_idx)):
+        for t in range(trace["activations"].shape[1]):
+            scale_h, scale_l = (int(c) for c in trace["scale_codes"][index, t])
+            for a in trace["activations"][index, t]:
+                maps.append((a, scale_h, scale_l, mode))
+    # the maps of the last iteration pooled are the loop's output: the golden the RTL is
+    # compared with map by map agrees with the loop's own trace
+    iterations, channels = trace["activations"].shape[1:3]
+    for i in range(len(test_idx)):
+        for c in range(channels):
+            a, sh, sl, md = maps[(i * iterations + iterations - 1) * channels + c]
+            assert np.array_equal(golden(a, sh, sl, md), trace["pooled"][i, c])
+    await run_maps(dut, maps, seed=9)
+    dut._log.info("%d held-out peptides, %d maps exact", len(test_idx), len(maps))
+    assert error_names(dut) == set()

@@ -1,15 +1,22 @@
-"""cocotb testbench: ScalePredictor against golden.spn's integer model (spn_scale_codes)."""
+"""cocotb testbench: ScalePredictor against golden.spn's integer model (spn_scale_codes).
+
+On Verilator the first variant also checks a trained model on the held-out peptides: the
+first ``DYNSPARSE_HELD_OUT`` of them (the variant's count by default, ``all`` for every one).
+"""
+
+import os
 
 import numpy as np
 
 import cocotb
 from amaranth.lib import data
-from cocotb.triggers import RisingEdge
+from cocotb.triggers import ReadOnly, RisingEdge
 
 from dynsparse.golden import spn as golden
 from dynsparse.hdl.spn import ScalePredictor, ScalePredictorErrors
 from dynsparse.sim.packing import pack, unpack
 from dynsparse.sim.stalls import STALL_PATTERNS
+from dynsparse.sim.tb.peptides import trained_trace
 from dynsparse.sim.tb.streams import TB, StreamSink, StreamSource, params
 
 
@@ -85,7 +92,7 @@ async def random_maps_under_stalls(dut, src, sink):
     seed = 500 + 10 * STALL_PATTERNS.index(src) + STALL_PATTERNS.index(sink)
     dut._log.info("seed %d", seed)
     rng = np.random.default_rng(seed)
-    height, length = PARAMS["map"]
+    height, length = PARAMS["random_map"]
     sets = [(rng.integers(0, 128, (BLOCK.channels, int(rng.integers(1, height + 1)),
                                    int(rng.integers(1, length + 1)))), int(rng.integers(0, BLOCK.iterations)))
             for _ in range(2)]
@@ -96,7 +103,7 @@ async def random_maps_under_stalls(dut, src, sink):
 @cocotb.test()
 async def real_peptides(dut):
     """The main convolution's maps of real peptides (modlamp's AMP/TM set), random stalls."""
-    height, length = PARAMS["map"]
+    height, length = PARAMS["random_map"]
     sequences = golden.load_dataset("AMPvsTM")[0][100:103]
     x = golden.encode(sequences, length=length).astype(np.int64)[:, :height]
     a = golden.conv_int(EXPORT, x, 0)
@@ -108,7 +115,7 @@ async def real_peptides(dut):
 async def scale_clamps(dut):
     """Constants that drive both codes to 32 (0.5) and to 128 (2.0)."""
     rng = np.random.default_rng(4)
-    height, length = PARAMS["map"]
+    height, length = PARAMS["random_map"]
     a = rng.integers(64, 128, (BLOCK.channels, height, length))
     for multiplier, shift, code in ((0, 0, golden.SCALE_MIN_CODE), (65535, 0, golden.SCALE_MAX_CODE)):
         export = dict(EXPORT)
@@ -124,7 +131,7 @@ async def bad_sets_then_good(dut):
     """A set cut short, one running long and a bad size are dropped with their flags; the
     sets after them are exact."""
     rng = np.random.default_rng(6)
-    height, length = PARAMS["map"]
+    height, length = PARAMS["random_map"]
     a = rng.integers(0, 128, (BLOCK.channels, height, length))
     words = set_words(a)
     short = set_words(a[:1, :1], last=True)
@@ -134,3 +141,35 @@ async def bad_sets_then_good(dut):
     sets = [(a, 0, short), good, (a, 0, long), good, bad_size, good]
     await run_sets(dut, sets, expected=[good, good, good], seed=5)
     assert error_names(dut) == {"misframed", "bad_size"}
+
+
+@cocotb.test(skip=cocotb.SIM_NAME.lower().startswith("icarus") or "trained" not in PARAMS)
+async def trained_model_held_out_peptides(dut):
+    """A model trained on modlamp's AMP/TM set (``golden.spn.train``, the variant's seed): the
+    maps of both iterations of every held-out peptide, as the integer loop computes them, give
+    its scale codes exactly. Verilator only (400 000 cycles a peptide)."""
+    seed, epochs, count = PARAMS["trained"]
+    export, test_idx, trace = trained_trace(seed, epochs, os.environ.get("DYNSPARSE_HELD_OUT", count))
+    tb = TB(dut)
+    source = StreamSource(dut, "i_stream", tb.clock)
+    await tb.reset()
+    await load(dut, tb, export)
+    dut.o_stream__ready.value = 1
+    height, length = trace["activations"].shape[-2:]
+    checked = 0
+    for index in range(len(test_idx)):
+        for t in range(BLOCK.iterations):
+            dut.height.value, dut.length.value, dut.iteration.value = height, length, t
+            await source.send(set_words(trace["activations"][index, t]))
+            while True:                     # wait for the scales without polling every cycle
+                await RisingEdge(dut.o_stream__valid)
+                await ReadOnly()
+                if int(dut.o_stream__valid.value):
+                    break
+            got = unpack(OUT_LAYOUT, [int(dut.o_stream__payload.value)])
+            want = trace["scale_codes"][index, t]
+            assert (got["scale_h"][0], got["scale_l"][0]) == tuple(want), f"peptide {test_idx[index]} t={t}"
+            await RisingEdge(tb.clock)
+            checked += 1
+    dut._log.info("%d held-out peptides, %d scale pairs exact", len(test_idx), checked)
+    assert error_names(dut) == set()
