@@ -76,6 +76,7 @@ import time
 
 import numpy as np
 
+from .masklearn import _check_float
 from .sparseconv import MULTIPLIER_MAX, SHIFT_MAX, WEIGHT_MAX, _check_int, requantize
 from .weighttrain import _Adam, _single_thread
 
@@ -210,16 +211,6 @@ class SPNConfig:
     def max_area(self):
         """Largest pooling window area ``k_h_max · k_l_max``."""
         return self.k_h_range[1] * self.k_l_range[1]
-
-
-def _check_float(name, value, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, not {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-        raise ValueError(f"{name} must be a finite number{bounds}, not {value!r}")
-    return value
 
 
 # --- data ------------------------------------------------------------------------------------------
