@@ -97,8 +97,9 @@ class SparseConv(wiring.Component):
     position is *admitted* into the order queue (``queue_depth`` entries of
     four bits: ``first``, ``last``, row start, empty; the output counts ``x``
     and ``y`` from them, so windows come in raster order, as
-    :class:`~dynsparse.hdl.window.WindowGenerator` gives them): a position with no entry to do is
-    *empty*, needs no walk and is admitted at once, even while another
+    :class:`~dynsparse.hdl.window.WindowGenerator` gives them): a position
+    with no entry to do is *empty*, needs no walk and is admitted at once,
+    even while another
     position walks. Any other position loads its tap entries, pixels and
     to-do bits into the walk register when that is free or takes its last
     step in that cycle (no bubble) and the *next* register is empty, and
@@ -106,8 +107,8 @@ class SparseConv(wiring.Component):
     walk register in that cycle). So one position waits, admitted, while one
     walks, and the empty positions behind both pass. Results leave in
     admission order: a walked position's results wait in one of the finished
-    slots (``finished_slots``) until it is the queue's head; an empty position at the head gives
-    zeros (``requantize`` maps 0 to 0).
+    slots (``finished_slots``) until it is the queue's head; an empty position
+    at the head gives zeros (``requantize`` maps 0 to 0).
 
     Parameters
     ----------
@@ -190,8 +191,8 @@ class SparseConv(wiring.Component):
     engine, a window accepted in cycle ``t`` with its tap list waiting has its
     result offered in cycle ``t + latency + steps - 1`` (an empty position's
     in cycle ``t + 4``). ``o_stream`` may stall at any cycle; the walk then
-    stops only when a finished result finds every finished slot taken, and admission
-    only when the queue is full.
+    stops only when a finished result finds every finished slot taken, and
+    admission only when the queue is full.
 
     Raises
     ------
