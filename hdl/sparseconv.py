@@ -99,8 +99,8 @@ class SparseConv(wiring.Component):
     and ``y`` from them, so windows come in raster order, as
     :class:`~dynsparse.hdl.window.WindowGenerator` gives them): a position
     with no entry to do is *empty*, needs no walk and is admitted at once,
-    even while another
-    position walks. Any other position loads its tap entries, pixels and
+    even while another position walks. Any other position loads its tap
+    entries, pixels and
     to-do bits into the walk register when that is free or takes its last
     step in that cycle (no bubble) and the *next* register is empty, and
     into the next register otherwise (if that is empty or moves up into the
