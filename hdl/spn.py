@@ -21,9 +21,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..golden.sparseconv import MULTIPLIER_MAX, SHIFT_MAX
-from ..golden.spn import SCALE_MAX_CODE, SCALE_MIN_CODE
 from .frame import check_int, frame_layout
-from .requant import REQUANT_STAGES, requantize_stages
+from .layers import Layer, LayerEngine, MapLoader
 
 
 __all__ = ["ScalePredictor", "ScalePredictorErrors", "scale_layout"]
@@ -89,11 +88,6 @@ class ScalePredictor(wiring.Component):
     the two scale codes through the requantiser.
     """
 
-    #: Registers from an issued tap to the requantiser's input (read, operands, accumulator),
-    #: then the requantiser's, its output register, then the write.
-    _MAC_STAGES = 3
-    _DRAIN = _MAC_STAGES + REQUANT_STAGES + 2
-
     def __init__(self, *, channels=8, spn_channels=4, kernel_size=3, max_height=8, max_length=64, iterations=2,
                  bias_bits=32):
         self._channels = check_int("channel count", channels, minimum=1, maximum=8)
@@ -131,19 +125,26 @@ class ScalePredictor(wiring.Component):
     iterations   = property(lambda self: self._iterations)
     bias_bits    = property(lambda self: self._bias_bits)
 
+    def _engine(self):
+        f, s, k = self._channels, self._spn_channels, self._kernel_size
+        # spn1: mem0 (the input) → mem1; spn2: mem1 → mem0; spn3: mem0 → the two sums
+        layers = [Layer(f, s, 0, 0, 1, 0, self._layers[0][2], 0, 0, following=1),
+                  Layer(s, s, 1, 0, 0, 0, self._layers[1][2], s, 1, following=2),
+                  Layer(s, 2, 0, 0, None, 0, self._layers[2][2], 2 * s, 2)]
+        return LayerEngine(layers, kernel_size=k, max_height=self._max_height, max_length=self._max_length,
+                           channel_bits=max(1, (max(f, s) - 1).bit_length()), bias_bits=self._bias_bits,
+                           bias_row=self._bias_row, constant_row=4, scale_constant=3, iterations=self._iterations)
+
     @property
     def accumulator_width(self):
-        """Signed bits of the accumulator: ``max(C_in) · K² · 127 · 127`` plus the largest bias."""
-        bound = max(c for c, *_ in self._layers) * self._kernel_size ** 2 * 127 * 127 + (1 << (self._bias_bits - 1))
-        return bound.bit_length() + 1
+        """Signed bits of the accumulator: ``max(C_in) · K² · 127 · 128`` plus the largest bias."""
+        return self._engine().accumulator_width
 
     def run_cycles(self, height, length):
         """Cycles from a map set's first value accepted to its scales offered (output taken):
         ``F·H·L`` to load, 3 to start, each layer's ``C_out·H·L·C_in·K²`` MAC cycles with
         a drain of 9 between layers, and 16 from the last MAC to the scales."""
-        area, k2 = height * length, self._kernel_size ** 2
-        work = sum(c_out * area * c_in * k2 for c_in, c_out, *_ in self._layers)
-        return self._channels * area + 3 + work + 2 * self._DRAIN + 16
+        return self._channels * height * length + self._engine().work_cycles([0, 1, 2], height, length)
 
     def parameter_writes(self, export):
         """``[(param_addr, param_data), ...]`` loading an export of :func:`dynsparse.golden.spn.quantise`.
@@ -180,8 +181,7 @@ class ScalePredictor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        f, s, k = self._channels, self._spn_channels, self._kernel_size
-        r = k // 2
+        f, s = self._channels, self._spn_channels
         x_bits = max(1, (self._max_length - 1).bit_length())
         y_bits = max(1, (self._max_height - 1).bit_length())
         c_bits = max(1, (max(f, s) - 1).bit_length())
@@ -228,217 +228,48 @@ class ScalePredictor(wiring.Component):
         # -------- load -------------------------------------------------------------------------------
         payload = self.i_stream.payload
         idle = Signal(init=1)
-        loading = Signal()
-        lc, ly, lx = Signal(c_bits), Signal(y_bits), Signal(x_bits)
-        height_m1, length_m1 = Signal(y_bits), Signal(x_bits)
         iteration = Signal(range(max(2, self._iterations)))
-        start = Signal()
+        loader = MapLoader(channels=f, max_height=self._max_height, max_length=self._max_length,
+                           channel_bits=c_bits)
         size_ok = ((self.height != 0) & (self.height <= self._max_height) & (self.length != 0) &
                    (self.length <= self._max_length) & (self.iteration < self._iterations))
-        load_write = Signal()
-        load_addr = Signal(len(mem0_w.addr))
-        load_data = Signal(7)
-        m.d.comb += [
-            self.i_stream.ready.eq(idle),
-            load_addr.eq(Cat(Mux(payload.first, 0, lx), Mux(payload.first, 0, ly), Mux(payload.first, 0, lc))),
-            load_data.eq(Mux(payload.data[-1], 0, payload.data[:7])),
-        ]
-        single = (self.height == 1) & (self.length == 1) if f == 1 else C(0, 1)
-        at_end = (lc == f - 1) & (ly == height_m1) & (lx == length_m1)
+        loader.build(m, i_stream=self.i_stream, enable=idle, size_ok=size_ok, height=self.height,
+                     length=self.length)
+        load_data = Mux(payload.data[-1], 0, payload.data[:7])
+        start, height_m1, length_m1 = loader.done, loader.height_m1, loader.length_m1
+        m.d.comb += [raised.misframed.eq(loader.misframed), raised.bad_size.eq(loader.bad_size)]
         with m.If(self.i_stream.valid & idle):
             m.d.comb += raised.negative.eq(payload.data[-1])
-            with m.If(payload.first):
-                with m.If(loading):
-                    m.d.comb += raised.misframed.eq(1)          # the previous set was cut short
-                with m.If(~size_ok):
-                    m.d.comb += raised.bad_size.eq(1)
-                    m.d.sync += loading.eq(0)
-                with m.Else():
-                    m.d.comb += load_write.eq(1)
-                    m.d.sync += [height_m1.eq(self.height - 1), length_m1.eq(self.length - 1),
-                                 iteration.eq(self.iteration), lc.eq(0), ly.eq(0), lx.eq(0)]
-                    with m.If(single):
-                        m.d.sync += loading.eq(0)
-                        with m.If(payload.last):
-                            m.d.comb += start.eq(1)
-                        with m.Else():
-                            m.d.comb += raised.misframed.eq(1)
-                    with m.Elif(payload.last):
-                        m.d.comb += raised.misframed.eq(1)
-                        m.d.sync += loading.eq(0)
-                    with m.Else():
-                        m.d.sync += loading.eq(1)
-                        # the position after (0, 0, 0)
-                        with m.If(self.length != 1):
-                            m.d.sync += lx.eq(1)
-                        with m.Elif(self.height != 1):
-                            m.d.sync += ly.eq(1)
-                        with m.Else():
-                            m.d.sync += lc.eq(1)
-            with m.Elif(~loading):
-                m.d.comb += raised.misframed.eq(1)
-            with m.Else():
-                m.d.comb += load_write.eq(1)
-                with m.If(at_end):
-                    m.d.sync += loading.eq(0)
-                    with m.If(payload.last):
-                        m.d.comb += start.eq(1)
-                    with m.Else():
-                        m.d.comb += raised.misframed.eq(1)
-                with m.Elif(payload.last):
-                    m.d.comb += raised.misframed.eq(1)
-                    m.d.sync += loading.eq(0)
-                with m.Elif(lx != length_m1):
-                    m.d.sync += lx.eq(lx + 1)
-                with m.Elif(ly != height_m1):
-                    m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
-                with m.Else():
-                    m.d.sync += [lx.eq(0), ly.eq(0), lc.eq(lc + 1)]
+        with m.If(loader.begin):
+            m.d.sync += iteration.eq(self.iteration)
         with m.If(start):
             m.d.sync += idle.eq(0)
 
         # -------- the layers: one tap issued a cycle ---------------------------------------------------
-        layer = Signal(range(4))                # 0 … 2, 3: the scale codes
-        issuing = Signal()
-        co, ci = Signal(3), Signal(3)
-        py, px = Signal(y_bits), Signal(x_bits)
-        dy, dx = Signal(range(k)), Signal(range(k))
-        w_addr, w_base = Signal(range(self._weight_count + 1)), Signal(range(self._weight_count + 1))
-        c_in = Mux(layer == 0, f, s)
-        c_out = Mux(layer == 2, 2, s)
-        taps = Mux(layer == 0, f * k * k, s * k * k)
-        first_weight = Mux(layer == 0, 0, Mux(layer == 1, self._layers[1][2], self._layers[2][2]))
-        bias_base = Mux(layer == 0, 0, Mux(layer == 1, s, 2 * s))
-        drain = Signal(range(self._DRAIN + 2))
-        row = Signal(y_bits + 4, init=0)
-        col = Signal(x_bits + 4, init=0)
-        m.d.comb += [row.eq(py + dy - r), col.eq(px + dx - r)]
-        inside = (row.as_signed() >= 0) & (row.as_signed() <= height_m1) & \
-                 (col.as_signed() >= 0) & (col.as_signed() <= length_m1)
-        tap_first = (ci == 0) & (dy == 0) & (dx == 0)
-        tap_last = (ci == c_in - 1) & (dy == k - 1) & (dx == k - 1)
-        element_last = tap_last & (px == length_m1) & (py == height_m1)
-        layer_last = element_last & (co == c_out - 1)
-        read_addr = Cat(col[:x_bits], row[:y_bits], ci[:c_bits])
-        m.d.comb += [
-            mem0_r.addr.eq(read_addr), mem1_r.addr.eq(read_addr),
-        ]
+        engine = self._engine()
         w_rd = weights.read_port(domain="sync")
         b_rd = biases.read_port(domain="sync")
         c_rd = constants.read_port(domain="sync")
         m.d.comb += [
-            w_rd.addr.eq(w_addr),
-            b_rd.addr.eq(iteration * self._bias_row + bias_base + co),
-            c_rd.addr.eq(iteration * 4 + layer),
+            engine.start.eq(start), engine.start_layer.eq(0), engine.iteration.eq(iteration),
+            engine.height_m1.eq(height_m1), engine.length_m1.eq(length_m1),
+            mem0_r.addr.eq(engine.read_addr), mem1_r.addr.eq(engine.read_addr),
+            w_rd.addr.eq(engine.weight_addr), b_rd.addr.eq(engine.bias_addr), c_rd.addr.eq(engine.constant_addr),
         ]
-
-        with m.If(start):
-            m.d.sync += [layer.eq(0), drain.eq(3), co.eq(0), ci.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0)]
-        with m.Elif(drain != 0):
-            m.d.sync += drain.eq(drain - 1)
-            with m.If(drain == 1):
-                with m.If(layer == 3):
-                    pass
-                with m.Else():
-                    m.d.sync += [issuing.eq(1), w_addr.eq(first_weight), w_base.eq(first_weight)]
-        with m.If(issuing):
-            with m.If(dx != k - 1):
-                m.d.sync += [dx.eq(dx + 1), w_addr.eq(w_addr + 1)]
-            with m.Elif(dy != k - 1):
-                m.d.sync += [dx.eq(0), dy.eq(dy + 1), w_addr.eq(w_addr + 1)]
-            with m.Elif(ci != c_in - 1):
-                m.d.sync += [dx.eq(0), dy.eq(0), ci.eq(ci + 1), w_addr.eq(w_addr + 1)]
-            with m.Else():
-                m.d.sync += [dx.eq(0), dy.eq(0), ci.eq(0), w_addr.eq(w_base)]
-                with m.If(px != length_m1):
-                    m.d.sync += px.eq(px + 1)
-                with m.Elif(py != height_m1):
-                    m.d.sync += [px.eq(0), py.eq(py + 1)]
-                with m.Else():
-                    m.d.sync += [px.eq(0), py.eq(0)]
-                    with m.If(co != c_out - 1):
-                        m.d.sync += [co.eq(co + 1), w_addr.eq(w_base + taps), w_base.eq(w_base + taps)]
-                    with m.Else():
-                        m.d.sync += [co.eq(0), issuing.eq(0), layer.eq(layer + 1), drain.eq(self._DRAIN)]
-
-        # stage 1: reads in flight
-        s1 = {name: Signal(shape, name=f"s1_{name}") for name, shape in
-              (("valid", 1), ("inside", 1), ("first", 1), ("last", 1), ("co", 3), ("y", y_bits), ("x", x_bits),
-               ("layer", 2))}
-        m.d.sync += [s1["valid"].eq(issuing), s1["inside"].eq(inside), s1["first"].eq(tap_first),
-                     s1["last"].eq(tap_last), s1["co"].eq(co), s1["y"].eq(py), s1["x"].eq(px),
-                     s1["layer"].eq(layer)]
-        # stage 2: operands
-        s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
-        s2_w, s2_v = Signal(signed(8)), Signal(signed(8))
-        s2_bias = Signal(signed(self._bias_bits))
-        s2_tags = [Signal(3, name="s2_co"), Signal(y_bits, name="s2_y"), Signal(x_bits, name="s2_x"),
-                   Signal(2, name="s2_layer")]
-        value = Mux(s1["layer"] == 1, mem1_r.data, mem0_r.data)
-        m.d.sync += [s2_valid.eq(s1["valid"]), s2_first.eq(s1["first"]), s2_last.eq(s1["last"]),
-                     s2_w.eq(w_rd.data), s2_v.eq(Mux(s1["inside"], value, 0)), s2_bias.eq(b_rd.data),
-                     *(a.eq(b) for a, b in zip(s2_tags, (s1["co"], s1["y"], s1["x"], s1["layer"])))]
-        # stage 3: the accumulator
-        acc = Signal(signed(self.accumulator_width))
-        s3_done = Signal()
-        s3_tags = [Signal(3, name="s3_co"), Signal(y_bits, name="s3_y"), Signal(x_bits, name="s3_x"),
-                   Signal(2, name="s3_layer")]
-        with m.If(s2_valid):
-            m.d.sync += acc.eq(Mux(s2_first, s2_bias, acc) + s2_w * s2_v)
-        m.d.sync += [s3_done.eq(s2_valid & s2_last), *(a.eq(b) for a, b in zip(s3_tags, s2_tags))]
-
-        # the scale sums and the final two values through the requantiser
-        area_max = self._max_height * self._max_length * 127
-        sums = [Signal(range(area_max + 1), name=f"sum3_{c}") for c in range(2)]
-        constant = Signal(22)
-        with m.If(drain == 2):
-            # this layer's M and S, read at its address of the cycle before; the previous
-            # layer's last value entered the requantiser long before
-            m.d.sync += constant.eq(c_rd.data)
-        feed = Signal(range(3))                          # 1, 2: the scale values enter the requantiser
-        with m.If((layer == 3) & (drain == 1)):
-            m.d.sync += feed.eq(1)
-        with m.Elif(feed == 1):
-            m.d.sync += feed.eq(2)
-        with m.Elif(feed == 2):
-            m.d.sync += feed.eq(0)
-        rq_in = Mux(feed == 0, acc, Mux(feed == 1, sums[0], sums[1]))
-        rq_valid = Mux(feed == 0, s3_done, 1)
-        rq_tags = [rq_valid, Mux(feed == 0, s3_tags[0], feed == 2), *s3_tags[1:3], Mux(feed == 0, s3_tags[3], 3)]
-        (rq_q,), rq_out, _ = requantize_stages(m, C(1, 1), [rq_in], constant[:16], constant[16:22], rq_tags)
-        # one more register after the requantiser's clamp
-        q = Signal(signed(8))
-        out_valid, out_co, out_y, out_x, out_layer = (Signal.like(tag, name=f"out_{i}") for i, tag in enumerate(rq_out))
-        m.d.sync += [q.eq(rq_q), out_valid.eq(rq_out[0]), out_co.eq(rq_out[1]), out_y.eq(rq_out[2]),
-                     out_x.eq(rq_out[3]), out_layer.eq(rq_out[4])]
-        relu = Mux(q < 0, 0, q[:7])
+        engine.build(m, map_data=[mem0_r.data, mem1_r.data], weight_data=w_rd.data, bias_data=b_rd.data,
+                     constant_data=c_rd.data)
         m.d.comb += [
-            mem1_w.addr.eq(Cat(out_x, out_y, out_co[:c_bits])), mem1_w.data.eq(relu),
-            mem1_w.en.eq(out_valid & (out_layer == 0)),
-            mem0_w.addr.eq(Mux(idle, load_addr, Cat(out_x, out_y, out_co[:c_bits]))),
-            mem0_w.data.eq(Mux(idle, load_data, relu)),
-            mem0_w.en.eq(Mux(idle, load_write, out_valid & (out_layer == 1))),
+            mem1_w.addr.eq(engine.write_addr), mem1_w.data.eq(engine.write_data),
+            mem1_w.en.eq(engine.write_en & (engine.write_target == 1)),
+            mem0_w.addr.eq(Mux(idle, loader.addr, engine.write_addr)),
+            mem0_w.data.eq(Mux(idle, load_data, engine.write_data)),
+            mem0_w.en.eq(Mux(idle, loader.write, engine.write_en & (engine.write_target == 0))),
         ]
-        with m.If(start):
-            m.d.sync += [sums[0].eq(0), sums[1].eq(0)]
-        with m.Elif(out_valid & (out_layer == 2)):
-            for c in range(2):
-                with m.If(out_co == c):
-                    m.d.sync += sums[c].eq(sums[c] + relu)
-
-        # -------- the scale codes ------------------------------------------------------------------------
-        codes = [Signal(8, name="code_h"), Signal(8, name="code_l")]
-        code = Signal(signed(10))
-        m.d.comb += code.eq(SCALE_MIN_CODE + q)
-        clamped = Mux(code < SCALE_MIN_CODE, SCALE_MIN_CODE, Mux(code > SCALE_MAX_CODE, SCALE_MAX_CODE, code))
-        with m.If(out_valid & (out_layer == 3)):
-            with m.If(out_co == 0):
-                m.d.sync += codes[0].eq(clamped)
-            with m.Else():
-                m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.scale_h.eq(codes[0]),
-                             self.o_stream.payload.scale_l.eq(clamped)]
+        with m.If(engine.codes_valid):
+            m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.scale_h.eq(engine.code_h),
+                         self.o_stream.payload.scale_l.eq(engine.code_l)]
         with m.If(self.o_stream.valid & self.o_stream.ready):
-            m.d.sync += [self.o_stream.valid.eq(0), idle.eq(1), layer.eq(0)]
+            m.d.sync += [self.o_stream.valid.eq(0), idle.eq(1)]
 
-        m.d.comb += self.busy.eq(~idle | loading | self.o_stream.valid)
+        m.d.comb += self.busy.eq(~idle | loader.loading | self.o_stream.valid)
         return m

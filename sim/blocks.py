@@ -180,7 +180,7 @@ BLOCKS = {block.name: block for block in [
         test_variants={
             "sim": {"block": {"clk_freq": 1_000_000, "baud": 250_000, "kernel_size": 3, "out_channels": 4,
                               "lanes": 2, "max_width": 32, "max_height": 32, "watchdog_ms": 4},
-                    "frame": [16, 16]},
+                    "frame": [10, 12]},
         },
     ),
     Block(

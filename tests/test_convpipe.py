@@ -162,7 +162,9 @@ def test_requantized(kernel_size, in_channels):
     rng = np.random.default_rng(9 + kernel_size + in_channels)
     dut = make(kernel_size=kernel_size, in_channels=in_channels, out_channels=3, lanes=3, max_width=12,
                max_height=12, requantize=True)
-    frame = rng.integers(0, 256, size=(8, 9, in_channels), dtype=np.uint8)
+    # K = 5 on 6 × 7: two rows and three positions whose windows lie wholly inside, the rest on a border
+    size = (8, 9) if kernel_size == 3 else (6, 7)
+    frame = rng.integers(0, 256, size=size + (in_channels,), dtype=np.uint8)
     weights = rng.integers(-127, 128, size=(3, in_channels, kernel_size, kernel_size))
     simulate(dut, [frame], weights, pad_mode="reflect", threshold=32, multiplier=300, shift=12)
 
