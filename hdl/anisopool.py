@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..golden.spn import ACTIVATION_MAX, SCALE_FRACTION_BITS, reciprocal_table
 from .frame import check_int, frame_layout
+from .layers import MapLoader
 
 
 __all__ = ["AnisoPool", "PoolMode", "AnisoPoolErrors"]
@@ -163,8 +164,6 @@ class AnisoPool(wiring.Component):
         multiplier = Signal(mult_bits)
         shift = Signal(shift_bits)
         mode = Signal(PoolMode)
-        height_m1 = Signal(y_bits)
-        length_m1 = Signal(x_bits)
 
         # -------- errors ------------------------------------------------------------------------
         raised = Signal(AnisoPoolErrors)
@@ -185,70 +184,33 @@ class AnisoPool(wiring.Component):
 
         # -------- load ------------------------------------------------------------------------------
         payload = self.i_stream.payload
-        ly, lx = Signal(y_bits), Signal(x_bits)
-        loading = Signal()                     # inside a map
         start_pass = Signal()
         size_ok = Signal()
         m.d.comb += size_ok.eq((self.height != 0) & (self.height <= max_h) &
                                (self.length != 0) & (self.length <= max_l))
-        at_end = (ly == height_m1) & (lx == length_m1)
         idle = Signal(init=1)                  # nothing to pool or give out: values are taken
+        loader = MapLoader(channels=1, max_height=max_h, max_length=max_l, channel_bits=0)
+        loader.build(m, i_stream=self.i_stream, enable=idle, size_ok=size_ok, height=self.height,
+                     length=self.length)
+        height_m1, length_m1 = loader.height_m1, loader.length_m1
         m.d.comb += [
-            self.i_stream.ready.eq(idle),
-            values_w.addr.eq(Cat(Mux(payload.first, 0, lx), Mux(payload.first, 0, ly))),
+            values_w.addr.eq(loader.addr),
             values_w.data.eq(Mux(payload.data[-1], 0, payload.data[:7])),
+            values_w.en.eq(loader.write),
+            start_pass.eq(loader.done),
+            raised.misframed.eq(loader.misframed),
+            raised.bad_size.eq(loader.bad_size),
         ]
         with m.If(self.i_stream.valid & idle):
             m.d.comb += raised.negative.eq(payload.data[-1])
-            with m.If(payload.first):
-                with m.If(~size_ok):
-                    m.d.comb += raised.bad_size.eq(1)
-                    m.d.sync += loading.eq(0)
-                with m.Else():
-                    m.d.comb += values_w.en.eq(1)
-                    m.d.sync += [
-                        self.k_h.eq(size(self.scale_h, self._base_h, kh_lo, kh_hi)),
-                        self.k_l.eq(size(self.scale_l, self._base_l, kl_lo, kl_hi)),
-                        mode.eq(self.mode),
-                        height_m1.eq(self.height - 1),
-                        length_m1.eq(self.length - 1),
-                        lx.eq(1), ly.eq(0),
-                    ]
-                    with m.If(loading):
-                        m.d.comb += raised.misframed.eq(1)          # the previous map was cut short
-                    with m.If((self.height == 1) & (self.length == 1)):
-                        with m.If(payload.last):
-                            m.d.comb += start_pass.eq(1)
-                            m.d.sync += [loading.eq(0), idle.eq(0)]
-                        with m.Else():
-                            m.d.comb += raised.misframed.eq(1)
-                            m.d.sync += loading.eq(0)
-                    with m.Else():
-                        with m.If(payload.last):
-                            m.d.comb += raised.misframed.eq(1)
-                            m.d.sync += loading.eq(0)
-                        with m.Else():
-                            m.d.sync += loading.eq(1)
-                            with m.If(self.length == 1):
-                                m.d.sync += [lx.eq(0), ly.eq(1)]
-            with m.Elif(~loading):
-                m.d.comb += raised.misframed.eq(1)                  # a value outside any map
-            with m.Else():
-                m.d.comb += values_w.en.eq(1)
-                with m.If(at_end):
-                    m.d.sync += loading.eq(0)
-                    with m.If(payload.last):
-                        m.d.comb += start_pass.eq(1)
-                        m.d.sync += idle.eq(0)
-                    with m.Else():
-                        m.d.comb += raised.misframed.eq(1)
-                with m.Elif(payload.last):
-                    m.d.comb += raised.misframed.eq(1)
-                    m.d.sync += loading.eq(0)
-                with m.Elif(lx == length_m1):
-                    m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
-                with m.Else():
-                    m.d.sync += lx.eq(lx + 1)
+        with m.If(loader.begin):
+            m.d.sync += [
+                self.k_h.eq(size(self.scale_h, self._base_h, kh_lo, kh_hi)),
+                self.k_l.eq(size(self.scale_l, self._base_l, kl_lo, kl_hi)),
+                mode.eq(self.mode),
+            ]
+        with m.If(loader.done):
+            m.d.sync += idle.eq(0)
 
         # -------- the passes: along positions (M → R), then along rows (R → output) -------------------
         # Counters (y, x, j) issue one read a cycle; j walks the window. The read data, its
@@ -371,5 +333,5 @@ class AnisoPool(wiring.Component):
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
-        m.d.comb += self.busy.eq(~idle | loading | self.o_stream.valid)
+        m.d.comb += self.busy.eq(~idle | loader.loading | self.o_stream.valid)
         return m

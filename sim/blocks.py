@@ -276,6 +276,37 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="spnloop",
+        component="hdl.spnloop:EncodingLoop",
+        summary="the encoding loop: conv → scale prediction → anisotropic pooling, T times, and the linear head",
+        parameters={
+            "channels":     (8, "feature maps F"),
+            "spn_channels": (4, "maps of the SPN's first two layers S"),
+            "kernel_size":  (3, "kernel K of every convolution (odd)"),
+            "max_height":   (8, "largest map height H"),
+            "max_length":   (64, "largest map length L"),
+            "iterations":   (2, "loop iterations T"),
+            "bias_bits":    (32, "signed bias width"),
+            "base_h":       (3, "pooling window height at scale 1.0"),
+            "base_l":       (5, "pooling window length at scale 1.0"),
+            "k_h_min":      (1, "smallest pooling height"),
+            "k_h_max":      (5, "largest pooling height"),
+            "k_l_min":      (1, "smallest pooling length"),
+            "k_l_max":      (9, "largest pooling length"),
+        },
+        testbench="dynsparse.sim.tb.tb_spnloop",
+        test_variants={
+            # length: of the maps the tests send; trained: (seed, epochs, peptides) of the model whose
+            # held-out peptides the Verilator run checks (DYNSPARSE_HELD_OUT=all: every one)
+            "f8s4k3": {"block": {"channels": 8, "spn_channels": 4, "kernel_size": 3, "max_height": 8,
+                                 "max_length": 48, "iterations": 2},
+                       "length": 6, "random_length": 4, "trained": [0, 30, 8]},
+            "f3s2k3": {"block": {"channels": 3, "spn_channels": 2, "kernel_size": 3, "max_height": 8,
+                                 "max_length": 16, "iterations": 2},
+                       "length": 10, "random_length": 12},
+        },
+    ),
+    Block(
         name="reconstructor",
         component="hdl.reconstructor:WeightReconstructor",
         summary="mask decoder + interpolator: compressed weight stream in, every weight (zero/linear/learned) out",

@@ -7,6 +7,7 @@ from dynsparse.golden import spn as golden
 from dynsparse.hdl.anisopool import PoolMode
 from dynsparse.hdl.spnloop import EncodingLoop
 from dynsparse.sim.pysim import run_simulation, stream_receive, stream_send
+from dynsparse.sim.tb.peptides import loop_words, varied
 
 
 CONFIG = golden.SPNConfig(length=10, iterations=2, channels=3, spn_channels=2, conv_kernel=3)
@@ -31,18 +32,6 @@ def make(config=CONFIG, **kwargs):
                            "iterations": config.iterations, "base_h": config.base_h, "base_l": config.base_l,
                            "k_h_min": config.k_h_range[0], "k_h_max": config.k_h_range[1],
                            "k_l_min": config.k_l_range[0], "k_l_max": config.k_l_range[1], **kwargs})
-
-
-def expected_words(export, x):
-    """The words the loop gives out for the maps ``x [B, H, L]``, from the integer model."""
-    logits, trace = golden.forward_int(export, x)
-    out = []
-    for b in range(len(x)):
-        words = [int(c[0]) | int(c[1]) << 8 | int(k[0]) << 16 | int(k[1]) << 24
-                 for c, k in zip(trace["scale_codes"][b], trace["kernel_sizes"][b])]
-        words += [int(v) for v in trace["pooled"][b].sum(axis=(1, 2))]
-        out.append(words + [int(logits[b])])
-    return out
 
 
 def words(a, *, first=True, last=True):
@@ -96,27 +85,13 @@ def simulate(dut, export, maps, *, source="none", sink="none", seed=0, stream=No
     return received, state
 
 
-def varied(export, levels):
-    """``export`` with the SPN's last biases set so that its outputs ``r3`` sit near
-    ``levels[t][c] · 127`` (an untrained SPN is nearly dead: its biases decide), and a scale
-    multiplier that maps them onto the whole code range: ``u = Σ r3 · 620 >> 16``, about
-    ``0.76 · r3`` on 8 × 10 maps. Levels of 0 or less give 0.5, of 1 or more 2.0."""
-    export = dict(export)
-    m, s = np.asarray(export["spn3_m"], np.float64), np.asarray(export["spn3_s"], np.float64)
-    unit = 2.0 ** s / m                                         # accumulator units per r3 step
-    export["spn3_b"] = np.floor(np.asarray(levels, np.float64) * 127 * unit[:, None]).astype(np.int64)
-    export["scale_m"] = np.full(len(levels), 620, np.int64)
-    export["scale_s"] = np.full(len(levels), 16, np.int64)
-    return export
-
-
 def split_words(dut, received):
     return [[r["data"] for r in received[i:i + dut.words]] for i in range(0, len(received), dut.words)]
 
 
 def check(dut, export, x, **kwargs):
     received, state = simulate(dut, export, list(x), **kwargs)
-    expected = expected_words(export, x)
+    expected = loop_words(export, x)
     assert split_words(dut, received) == expected
     assert [r["first"] for r in received] == [int(i % dut.words == 0) for i in range(len(received))]
     assert [r["last"] for r in received] == [int(i % dut.words == dut.words - 1) for i in range(len(received))]
@@ -193,7 +168,7 @@ def test_bad_maps_then_good(export):
     stream += [{"data": 3, "first": 0, "last": 0}]              # a value outside any map
     stream += words(x[0]) + words(x[1])
     received, state = simulate(dut, model, [], stream=stream, count=2 * dut.words)
-    assert split_words(dut, received) == expected_words(model, x)
+    assert split_words(dut, received) == loop_words(model, x)
     assert state["errors"] == {"bad_value": 0, "misframed": 1, "bad_size": 0, "bad_param": 0, "pool": 0}
 
     # a −128 code inside a map
@@ -202,7 +177,7 @@ def test_bad_maps_then_good(export):
     received, state = simulate(dut, model, [bad, x[0]])
     fixed = bad.copy()
     fixed[3, 4] = -127
-    assert split_words(dut, received) == expected_words(model, np.stack([fixed, x[0]]))
+    assert split_words(dut, received) == loop_words(model, np.stack([fixed, x[0]]))
     assert state["errors"]["bad_value"] == 1 and state["errors"]["misframed"] == 0
 
 

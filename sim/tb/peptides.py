@@ -15,7 +15,7 @@ import numpy as np
 from dynsparse.golden import spn as golden
 
 
-__all__ = ["trained_trace"]
+__all__ = ["trained_trace", "varied", "loop_words"]
 
 
 def trained_trace(seed, epochs, count):
@@ -38,3 +38,31 @@ def trained_trace(seed, epochs, count):
     test_idx = test_idx if count == "all" else test_idx[:int(count)]
     _, trace = golden.forward_int(export, x[test_idx])
     return export, test_idx, trace
+
+
+def varied(export, levels):
+    """``export`` with the SPN's last biases set so that its outputs ``r3`` sit near
+    ``levels[t][c] · 127`` (an untrained SPN is nearly dead: its biases decide), and a scale
+    multiplier that maps them onto the whole code range: ``u = Σ r3 · 620 >> 16``, about
+    ``0.76 · r3`` on 8 × 10 maps. Levels of 0 or less give 0.5, of 1 or more 2.0."""
+    export = dict(export)
+    m, s = np.asarray(export["spn3_m"], np.float64), np.asarray(export["spn3_s"], np.float64)
+    unit = 2.0 ** s / m                                         # accumulator units per r3 step
+    export["spn3_b"] = np.floor(np.asarray(levels, np.float64) * 127 * unit[:, None]).astype(np.int64)
+    export["scale_m"] = np.full(len(levels), 620, np.int64)
+    export["scale_s"] = np.full(len(levels), 16, np.int64)
+    return export
+
+
+def loop_words(export, x):
+    """The words :class:`~dynsparse.hdl.spnloop.EncodingLoop` gives out for the maps ``x [B, H, L]``,
+    from the integer model: per map, one word per iteration (scale and window codes), the
+    channel sums ``g`` and the logit."""
+    logits, trace = golden.forward_int(export, x)
+    out = []
+    for b in range(len(x)):
+        words = [int(c[0]) | int(c[1]) << 8 | int(k[0]) << 16 | int(k[1]) << 24
+                 for c, k in zip(trace["scale_codes"][b], trace["kernel_sizes"][b])]
+        words += [int(v) for v in trace["pooled"][b].sum(axis=(1, 2))]
+        out.append(words + [int(logits[b])])
+    return out
