@@ -3,7 +3,9 @@
 Every test variant of a block runs on Icarus; its first variant runs on Verilator too. A
 Verilator model costs a C++ build of one to four minutes, so further variants (other kernel
 sizes, channel counts) add build time on a fresh machine without testing the simulator more.
-``make sim BLOCK=… SIM=verilator ARGS="--variant …"`` runs any variant on Verilator.
+``make sim BLOCK=… SIM=verilator ARGS="--variant …"`` runs any variant on Verilator. A variant
+may name its simulators (``"simulators"``): a model too large for Icarus's speed runs on
+Verilator alone, beside a smaller variant that runs on both.
 """
 
 import pytest
@@ -14,8 +16,8 @@ from dynsparse.sim.runner import simulator_available
 
 CASES = [(name, variant, simulator)
          for name, block in BLOCKS.items()
-         for index, variant in enumerate(block.test_variants)
-         for simulator in (("icarus", "verilator") if index == 0 else ("icarus",))]
+         for index, (variant, params) in enumerate(block.test_variants.items())
+         for simulator in params.get("simulators", ("icarus", "verilator") if index == 0 else ("icarus",))]
 
 
 @pytest.mark.cocotb
