@@ -20,7 +20,7 @@ __all__ = [
     "crc8", "encode_command", "encode_ping", "encode_write_register", "encode_read_register",
     "encode_run_frame", "encode_weight_stream", "STREAM_CHUNK", "encode_reply", "encode_frame_result",
     "WEIGHT_STATUS_BITS",
-    "ENGINE_COUNTERS", "PAD_MASK_BANDS", "pad_mask_word",
+    "ENGINE_COUNTERS", "PAD_MASK_BANDS", "pad_mask_word", "SPN_ERROR_BITS",
     "Reply", "FrameResult", "ReplyParser",
     "LinkError", "ProtocolError", "LinkTimeout", "LinkUnavailable",
     "HostLink", "SerialTransport",
@@ -64,6 +64,7 @@ class Design(enum.IntEnum):
     """What a board computes: byte 5 of the PING reply (versions 2 and 3)."""
     DENSITY = 0          # density map, one u16 per pixel byte
     CONV    = 1          # sparse convolution, C_out int8 results per pixel
+    SPN     = 2          # the encoding loop: a peptide map in, its words out (results per frame)
 
 
 class Register(enum.IntEnum):
@@ -97,6 +98,13 @@ class Register(enum.IntEnum):
     WEIGHT_STREAMS_OK    = 0x31
     WEIGHT_STREAMS_BAD   = 0x32
     WEIGHT_LOADS         = 0x33
+    # the encoding loop's registers (Design.SPN)
+    SPN_PARAM_ADDR     = 0x40
+    SPN_PARAM_DATA     = 0x41
+    SPN_POOL_MAX       = 0x42
+    SPN_ADAPTIVE       = 0x43
+    SPN_ERRORS         = 0x44
+    SPN_CYCLES         = 0x45
 
 
 #: ERRORS register: bit → name (bits 0-4 come from the pipeline).
@@ -112,6 +120,9 @@ ENGINE_ERROR_BITS = {
     4: "window_bad_size", 5: "scaler_bad_weight", 6: "scaler_bad_address", 7: "scaler_bad_density",
     8: "engine_misaligned", 9: "engine_bad_tap", 10: "engine_bad_mask_write", 11: "bad_size",
 }
+
+#: SPN_ERRORS register of the encoding-loop design: bit → name.
+SPN_ERROR_BITS = {0: "bad_value", 1: "misframed", 2: "bad_size", 3: "bad_param", 4: "pool"}
 
 #: WEIGHT_STREAM_STATUS register of the convolution design: field → (first bit, width).
 WEIGHT_STATUS_BITS = {"code": (0, 4), "bad_shape": (4, 1), "busy": (5, 1)}
@@ -540,12 +551,71 @@ class HostLink:
         self._conv_info()
         return self.run_frame(image).view(np.int8)
 
+    # ---- the encoding-loop design (Design.SPN) ----
+    def _spn_info(self):
+        if self._info is None:
+            self.ping()
+        if self._info["design"] != Design.SPN:
+            raise ProtocolError(f"the device's design is {getattr(self._info['design'], 'name', self._info['design'])}"
+                                f", not SPN (rebuild the bitstream with --design spn)")
+        return self._info
+
+    def write_spn_parameters(self, writes):
+        """Load the loop's parameters: ``writes = [(param_addr, param_data), ...]``, as
+        ``EncodingLoop.parameter_writes(export)`` gives them (SPN_PARAM_ADDR only where the
+        addresses jump, SPN_PARAM_DATA for each)."""
+        self._spn_info()
+        following = None
+        for addr, data in writes:
+            if addr != following:
+                self.write_register(Register.SPN_PARAM_ADDR, addr)
+            self.write_register(Register.SPN_PARAM_DATA, data)
+            following = addr + 1
+
+    def configure_spn(self, *, pool_max=None, adaptive=None):
+        """Max (or average) pooling; the SPN on (or both scales 1.0, the fixed-kernel model)."""
+        self._spn_info()
+        for register, value in ((Register.SPN_POOL_MAX, pool_max), (Register.SPN_ADAPTIVE, adaptive)):
+            if value is not None:
+                self.write_register(register, int(bool(value)))
+
+    def spn_errors(self):
+        """The loop's sticky error flags: a list of names (``SPN_ERROR_BITS``)."""
+        self._spn_info()
+        errors = self.read_register(Register.SPN_ERRORS)
+        return [name for bit, name in SPN_ERROR_BITS.items() if errors >> bit & 1]
+
+    def run_spn(self, codes, *, iterations):
+        """Run the encoding loop on one map of int8 codes ``[H, L]`` (``golden.spn.encode``).
+
+        Returns a dict: ``scale_codes`` and ``kernel_sizes`` (``[T, 2]``: height,
+        length), ``embedding`` (the channel sums ``g``), ``logit``, ``cycles``
+        (the device's count from the map's start to its last word).
+        """
+        info = self._spn_info()
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"codes must be integers [H, L], not {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < -127 or codes.max() > 127):
+            raise ValueError(f"codes must be in [-127, 127], not [{codes.min()}, {codes.max()}]")
+        words = info["results_per_pixel"] // 4
+        if not isinstance(iterations, int) or not 1 <= iterations < words - 1:
+            raise ValueError(f"iterations must be an integer in [1, {words - 2}], not {iterations!r}")
+        raw = self.run_frame(codes.astype(np.int8).view(np.uint8))
+        values = raw.view("<i4").astype(np.int64)
+        head = values[:iterations].astype(np.uint32)
+        return {"scale_codes": np.stack([head & 0xFF, head >> 8 & 0xFF], axis=1).astype(np.int64),
+                "kernel_sizes": np.stack([head >> 16 & 0xFF, head >> 24], axis=1).astype(np.int64),
+                "embedding": values[iterations:-1], "logit": int(values[-1]),
+                "cycles": self.read_register(Register.SPN_CYCLES)}
+
     def run_frame(self, frame):
         """Send a uint8 frame ``[H, W]`` or ``[H, W, C]``; return its raw results ``[H, W, R]``.
 
         ``R`` is the device's results per pixel; uint16 for 2-byte results (the
         density design), uint8 for 1-byte results (the convolution design's int8
-        results: :meth:`run_conv` views them as int8). Pixels are sent in pieces
+        results: :meth:`run_conv` views them as int8). The encoding-loop design
+        gives a fixed number of result bytes per frame: a flat uint8 array. Pixels are sent in pieces
         so that pixel bytes sent minus the pixel bytes whose results have all
         arrived never exceed the device's PIXEL_CREDIT (its pixel buffer).
         """
@@ -565,12 +635,13 @@ class HostLink:
             raise ValueError(f"frame must have {device_channels} channels, not {channels}")
         results_per_pixel, result_bytes = self._info["results_per_pixel"], self._info["result_bytes"]
         pixel_result_bytes = results_per_pixel * result_bytes
+        per_frame = self._info["design"] == Design.SPN          # a fixed count of results per frame
         self.write_register(Register.WIDTH, width)
         self.write_register(Register.HEIGHT, height)
 
         header = self._command(Command.RUN_FRAME)
         pixels = np.ascontiguousarray(frame).tobytes()
-        expected = height * width * pixel_result_bytes
+        expected = pixel_result_bytes if per_frame else height * width * pixel_result_bytes
         if int.from_bytes(header, "little") != expected:
             raise ProtocolError(f"RUN_FRAME: device announces {int.from_bytes(header, 'little')} "
                                 f"result bytes, expected {expected}")
@@ -579,7 +650,7 @@ class HostLink:
             if self._items:
                 result = self._items.popleft()
                 break
-            in_flight = sent - self.parser.pending_bytes // pixel_result_bytes * channels
+            in_flight = sent if per_frame else sent - self.parser.pending_bytes // pixel_result_bytes * channels
             if sent < len(pixels) and in_flight < self._credit:
                 piece = min(self._credit - in_flight, len(pixels) - sent)
                 self.transport.write(pixels[sent:sent + piece])
@@ -595,6 +666,8 @@ class HostLink:
             raise ProtocolError(f"RUN_FRAME: device ended the frame with {name}", result.status)
         if not result.crc_ok:
             raise ProtocolError("RUN_FRAME: result CRC mismatch")
+        if per_frame:
+            return np.frombuffer(result.data, dtype=np.uint8).copy()
         dtype = "<u2" if result_bytes == 2 else np.uint8
         return np.frombuffer(result.data, dtype=dtype).astype(np.uint16 if result_bytes == 2 else np.uint8) \
             .reshape(height, width, results_per_pixel)

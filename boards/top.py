@@ -26,7 +26,7 @@ from ..hdl.uart import UARTReceiver, UARTTransmitter
 from .protocol import RESULT_BYTES, Design, Register
 
 
-__all__ = ["LinkBoard", "DensityBoard", "ConvBoard", "ResultSerializer", "BoardTop", "DESIGNS"]
+__all__ = ["LinkBoard", "DensityBoard", "ConvBoard", "SPNBoard", "ResultSerializer", "BoardTop", "DESIGNS"]
 
 
 class LinkBoard(wiring.Component):
@@ -403,8 +403,119 @@ class ConvBoard(LinkBoard):
         ]
 
 
+class SPNBoard(LinkBoard):
+    """UART in, UART out: host link and the encoding loop (:class:`~dynsparse.hdl.spnloop.EncodingLoop`).
+
+    RUN_FRAME takes one peptide map, ``H`` rows (HEIGHT) of ``L`` int8 codes
+    (WIDTH), sent as bytes, and returns the loop's ``T + F + 1`` words, four
+    bytes each, little-endian: per iteration the scale and window codes, the
+    embedding ``g``, the logit (``docs/protocol.md``, *Encoding-loop design*).
+    The model's parameters are written through SPN_PARAM_ADDR and
+    SPN_PARAM_DATA (which advances the address); SPN_POOL_MAX and
+    SPN_ADAPTIVE set the pooling mode and the fixed-kernel baseline;
+    SPN_ERRORS and SPN_CYCLES (of the last map) are read-only.
+
+    Parameters
+    ----------
+    clk_freq, baud, watchdog_ms
+        As :class:`LinkBoard`.
+    channels, spn_channels, kernel_size, max_length, iterations, bias_bits, base_h, base_l,
+    k_h_min, k_h_max, k_l_min, k_l_max
+        As :class:`~dynsparse.hdl.spnloop.EncodingLoop` (``max_height`` is the
+        encoding's 8 property rows).
+    """
+
+    def __init__(self, *, clk_freq, baud=115200, channels=8, spn_channels=4, kernel_size=3, max_length=48,
+                 iterations=2, bias_bits=32, base_h=3, base_l=5, k_h_min=1, k_h_max=5, k_l_min=1, k_l_max=9,
+                 watchdog_ms=100):
+        from ..golden.spn import HEIGHT
+        from ..hdl.spnloop import EncodingLoop
+        self.loop = EncodingLoop(channels=channels, spn_channels=spn_channels, kernel_size=kernel_size,
+                                 max_height=HEIGHT, max_length=max_length, iterations=iterations,
+                                 bias_bits=bias_bits, base_h=base_h, base_l=base_l, k_h_min=k_h_min,
+                                 k_h_max=k_h_max, k_l_min=k_l_min, k_l_max=k_l_max)
+        super().__init__(clk_freq=clk_freq, baud=baud, watchdog_ms=watchdog_ms, link_params=dict(
+            channels=1, max_width=max_length, max_height=HEIGHT, design=Design.SPN, kernel_size=kernel_size,
+            results_per_pixel=4 * self.loop.words, result_bytes=1, per_frame=True,
+            pixel_buffer=max(2, 1 << (HEIGHT * max_length - 1).bit_length())))
+
+    def attach(self, m, link):
+        m.submodules.loop = loop = self.loop
+        m.submodules.to_loop = to_loop = StreamRegister(loop.i_stream.payload.shape())
+        m.d.comb += [
+            to_loop.i_stream.valid.eq(link.pixel.valid),
+            to_loop.i_stream.payload.data.eq(link.pixel.payload.data),     # the byte is an int8 code
+            to_loop.i_stream.payload.first.eq(link.pixel.payload.first),
+            to_loop.i_stream.payload.last.eq(link.pixel.payload.last),
+            link.pixel.ready.eq(to_loop.i_stream.ready),
+        ]
+        connect(m, to_loop.o_stream, loop.i_stream)
+        m.submodules.serializer = serializer = ResultSerializer(4)
+        m.d.comb += [
+            serializer.i_stream.valid.eq(loop.o_stream.valid),
+            serializer.i_stream.payload.eq(loop.o_stream.payload.data),
+            loop.o_stream.ready.eq(serializer.i_stream.ready),
+        ]
+        connect(m, serializer.o_stream, link.result)
+
+        # -------- design registers ------------------------------------------------------------
+        param_addr = Signal.like(loop.param_addr)
+        pool_max = Signal()
+        adaptive = Signal(init=1)
+        cycles = Signal(32)                      # of the last map: from its first code to its last word
+        counting = Signal()
+        address, value = link.reg_addr, link.reg_value
+        with m.Switch(address):
+            for register, readable, check, current in (
+                    (Register.SPN_PARAM_ADDR, True, value < 1 << len(param_addr), param_addr),
+                    (Register.SPN_PARAM_DATA, False, 1, None),
+                    (Register.SPN_POOL_MAX, True, value < 2, pool_max),
+                    (Register.SPN_ADAPTIVE, True, value < 2, adaptive)):
+                with m.Case(register):
+                    m.d.comb += [link.reg_writable.eq(1), link.reg_value_ok.eq(check)]
+                    if readable:
+                        m.d.comb += [link.reg_readable.eq(1), link.reg_rdata.eq(current)]
+            for register, source in ((Register.SPN_ERRORS, loop.errors.as_value()),
+                                     (Register.SPN_CYCLES, cycles)):
+                with m.Case(register):
+                    m.d.comb += [link.reg_readable.eq(1), link.reg_rdata.eq(source)]
+
+        # Writes take effect a cycle after the host link executes them (registered strobes).
+        write = Signal()
+        write_addr = Signal(8)
+        write_value = Signal(32)
+        m.d.sync += [write.eq(link.reg_write), write_addr.eq(address), write_value.eq(value),
+                     loop.param_write.eq(0)]
+        with m.If(write):
+            with m.Switch(write_addr):
+                with m.Case(Register.SPN_PARAM_ADDR):
+                    m.d.sync += param_addr.eq(write_value)
+                with m.Case(Register.SPN_PARAM_DATA):
+                    m.d.sync += [loop.param_write.eq(1), loop.param_addr.eq(param_addr),
+                                 loop.param_data.eq(write_value), param_addr.eq(param_addr + 1)]
+                with m.Case(Register.SPN_POOL_MAX):
+                    m.d.sync += pool_max.eq(write_value[0])
+                with m.Case(Register.SPN_ADAPTIVE):
+                    m.d.sync += adaptive.eq(write_value[0])
+        with m.If(link.frame_start):
+            m.d.sync += [cycles.eq(0), counting.eq(1)]
+        with m.Elif(counting):
+            m.d.sync += cycles.eq(cycles + 1)
+            with m.If(loop.o_stream.valid & loop.o_stream.ready & loop.o_stream.payload.last):
+                m.d.sync += counting.eq(0)
+        m.d.comb += [
+            loop.height.eq(link.height),
+            loop.length.eq(link.width),
+            loop.mode.eq(pool_max),
+            loop.adaptive.eq(adaptive),
+            loop.clear_errors.eq(link.clear_errors),
+            link.pipeline_errors.eq(loop.errors.as_value()),
+            self.busy.eq(loop.busy),
+        ]
+
+
 #: Board designs by name (``BoardTop(design=…)``, ``make bitstream ARGS="--design conv"``).
-DESIGNS = {"density": DensityBoard, "conv": ConvBoard}
+DESIGNS = {"density": DensityBoard, "conv": ConvBoard, "spn": SPNBoard}
 
 
 class BoardTop(Elaboratable):

@@ -80,6 +80,9 @@ class HostLink(wiring.Component):
         Pixel bytes per pixel, at least 1.
     results_per_pixel : int
         Results per pixel, 1 to 255; ``None`` (default): ``channels``.
+    per_frame : bool
+        ``results_per_pixel`` results per *frame*, whatever its size (a design
+        that reduces a frame to a few values, like the encoding loop).
     result_bytes : int
         Bytes per result on the wire, 1 or 2.
     design : int
@@ -154,7 +157,7 @@ class HostLink(wiring.Component):
 
     def __init__(self, *, channels=1, max_width=640, max_height=480, min_width=1, min_height=1,
                  timeout_cycles=600_000, pixel_buffer=1024, results_per_pixel=None, result_bytes=2,
-                 design=Design.DENSITY, kernel_size=3, weight_stream=False):
+                 design=Design.DENSITY, kernel_size=3, weight_stream=False, per_frame=False):
         self._channels = check_int("channel count", channels, minimum=1, maximum=255)
         if results_per_pixel is None:
             results_per_pixel = channels
@@ -174,6 +177,9 @@ class HostLink(wiring.Component):
         if not isinstance(weight_stream, bool):
             raise TypeError(f"weight_stream must be a bool, not {weight_stream!r}")
         self._weight_stream = weight_stream
+        if not isinstance(per_frame, bool):
+            raise TypeError(f"per_frame must be a bool, not {per_frame!r}")
+        self._per_frame = per_frame
         if max_width * max_height * max(channels, results_per_pixel * result_bytes) >= 2 ** 32:
             raise ValueError(f"frame of {max_width}×{max_height} pixels, {channels} bytes and "
                              f"{results_per_pixel}×{result_bytes} result bytes each, must have "
@@ -216,6 +222,7 @@ class HostLink(wiring.Component):
                               doc="Bytes 5-9 of the PING reply.")
     pixel_buffer   = property(lambda self: self._pixel_buffer)
     weight_stream  = property(lambda self: self._weight_stream)
+    per_frame      = property(lambda self: self._per_frame)
 
     def elaborate(self, platform):
         m = Module()
@@ -315,7 +322,7 @@ class HostLink(wiring.Component):
 
         # -------- frame pixel path: rx (or zeros) → FIFO → pixel, independent of the FSM ---------
         max_pixels = self._max_width * self._max_height * self._channels
-        max_results = self._max_width * self._max_height * self._results_per_pixel
+        max_results = self._results_per_pixel * (1 if self._per_frame else self._max_width * self._max_height)
         frame_pixels = Signal(range(max_pixels + 1))
         last_pixel   = Signal.like(frame_pixels)     # frame_pixels - 1
         before_last  = Signal.like(frame_pixels)     # frame_pixels - 2 (modulo), for final_result
@@ -456,7 +463,10 @@ class HostLink(wiring.Component):
             terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
             return sum(terms[1:], terms[0])
         total = times(area, self._channels)                     # pixel bytes of the frame
-        result_total = times(area, self._results_per_pixel)     # results of the frame
+        if self._per_frame:
+            result_total = C(self._results_per_pixel, range(max_results + 1))
+        else:
+            result_total = times(area, self._results_per_pixel)     # results of the frame
 
         ping_data = int.from_bytes(DEVICE_MAGIC + bytes([PROTOCOL_VERSION, *self.build_info]),
                                    "little")

@@ -256,11 +256,16 @@ class EncodingLoop(wiring.Component):
 
         # -------- errors ---------------------------------------------------------------------------
         raised = Signal(EncodingLoopErrors)
+        # The pooling's flags go straight into the register, not through ``raised.pool``: that
+        # combinational assignment of a value that never changes becomes an ``always @*`` block
+        # Icarus never runs, and the flag would read X.
+        pool_offset = data.Layout.cast(EncodingLoopErrors)["pool"].offset
+        flags = Cat(raised.as_value()[:pool_offset], pool.errors.as_value().any())
         with m.If(self.clear_errors):
-            m.d.sync += self.errors.eq(raised)
+            m.d.sync += self.errors.eq(flags)
         with m.Else():
-            m.d.sync += self.errors.eq(self.errors.as_value() | raised.as_value())
-        m.d.comb += [raised.pool.eq(pool.errors.as_value().any()), pool.clear_errors.eq(self.clear_errors)]
+            m.d.sync += self.errors.eq(self.errors.as_value() | flags)
+        m.d.comb += pool.clear_errors.eq(self.clear_errors)
 
         # -------- parameters -------------------------------------------------------------------------
         n_constants = t_max * len(_CONSTANTS)

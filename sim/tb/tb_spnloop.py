@@ -104,12 +104,13 @@ async def run_maps(dut, maps, *, export=EXPORT, src="none", sink="none", seed=0,
 @cocotb.test()
 @cocotb.parametrize(src=STALL_PATTERNS, sink=STALL_PATTERNS)
 async def random_maps_under_stalls(dut, src, sink):
-    """Random codes over the whole int8 range, random length; every stall pattern."""
+    """Random codes over the whole int8 range, random length; every stall pattern (one map, or two
+    back to back)."""
     seed = 700 + 10 * STALL_PATTERNS.index(src) + STALL_PATTERNS.index(sink)
     dut._log.info("seed %d", seed)
     rng = np.random.default_rng(seed)
     length = int(rng.integers(8, PARAMS["random_length"] + 1))
-    maps = [rng.integers(-127, 128, (golden.HEIGHT, length)) for _ in range(2)]
+    maps = [rng.integers(-127, 128, (golden.HEIGHT, length)) for _ in range(PARAMS["random_maps"])]
     await run_maps(dut, maps, src=src, sink=sink, seed=seed)
     assert error_names(dut) == set()
 
