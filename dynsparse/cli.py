@@ -323,6 +323,77 @@ def cmd_run(args):
     return 0
 
 
+def cmd_peptides(args):
+    """Classify the held-out peptides of a data set on a board running the spn design, and compare
+    every answer with the integer model (``golden.spn.forward_int``)."""
+    import numpy as np
+    from dynsparse.boards.protocol import HostLink, LinkError, SerialTransport
+    from dynsparse.golden import spn
+    from dynsparse.hdl.spnloop import EncodingLoop
+    export = _read_spn_model(args.model)
+    config = spn.check_export(export)
+    sequences, labels, _ = spn.load_dataset(args.dataset)
+    _, held_out = spn.split(labels, seed=args.seed)
+    if args.count is not None:
+        held_out = held_out[:args.count]
+    x = spn.encode([sequences[i] for i in held_out], length=config.length)
+    loop = EncodingLoop(channels=config.channels, spn_channels=config.spn_channels,
+                        kernel_size=config.conv_kernel, max_length=max(config.length, 1),
+                        iterations=config.iterations, base_h=config.base_h, base_l=config.base_l,
+                        k_h_min=config.k_h_range[0], k_h_max=config.k_h_range[1],
+                        k_l_min=config.k_l_range[0], k_l_max=config.k_l_range[1])
+    logits, _ = spn.forward_int(export, x)
+    try:
+        transport = SerialTransport(args.port, args.baud)
+    except LinkError as error:
+        raise CommandError(str(error)) from None
+    agree = correct = 0
+    try:
+        host = HostLink(transport, timeout=args.timeout)
+        info = host.ping()
+        if info["results_per_pixel"] != 4 * loop.words:
+            raise CommandError(f"{args.port}: the board gives {info['results_per_pixel'] // 4} words a map, "
+                               f"the model {loop.words} (rebuild the spn design for this model's geometry)")
+        host.write_spn_parameters(loop.parameter_writes(export))
+        host.configure_spn(pool_max=bool(int(export["pool_max"])), adaptive=bool(int(export["adaptive"])))
+        for n, index in enumerate(held_out):
+            got = host.run_spn(x[n], iterations=config.iterations)
+            agree += int(got["logit"] == int(logits[n]))
+            correct += int((got["logit"] > 0) == bool(labels[index]))
+            if (n + 1) % 10 == 0 or n + 1 == len(held_out):
+                print(f"{n + 1}/{len(held_out)} peptides: {correct} correct, {agree} equal to the integer model",
+                      file=sys.stderr, flush=True)
+        errors = host.spn_errors()
+    except (LinkError, ValueError) as error:
+        raise CommandError(f"{args.port}: {error}") from None
+    finally:
+        transport.close()
+    model_correct = int(((logits > 0) == labels[held_out].astype(bool)).sum())
+    print(f"{len(held_out)} held-out peptides of {args.dataset} (split seed {args.seed}): board accuracy "
+          f"{correct / len(held_out):.4f}, integer model {model_correct / len(held_out):.4f}; "
+          f"{agree} of {len(held_out)} logits equal; loop errors: {', '.join(errors) or 'none'}")
+    return 0 if agree == len(held_out) else 1
+
+
+def _read_spn_model(path):
+    """An export of ``golden.spn.quantise`` saved as ``.npz`` (``golden.spn.save_export``), checked;
+    a clear error for a bad file."""
+    import zipfile
+    import numpy as np
+    from dynsparse.golden import spn
+    if not Path(path).is_file():
+        raise CommandError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise CommandError(f"{path}: not a dynsparse SPN model (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            export = {key: stored[key] for key in stored.files}
+        spn.check_export(export)
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, AttributeError) as error:
+        raise CommandError(f"{path}: not a dynsparse SPN model ({error})") from None
+    return export
+
+
 def _read_conv_weights(path):
     """``(weights, stream)``: a .npy weight array (``stream`` None), or a weight stream (a file that
     starts with ``DSWT``) and the tensor it rebuilds; a clear error for a bad file."""
@@ -533,8 +604,8 @@ def build_parser():
     p = sub.add_parser("bitstream", help="build a board's bitstream (YoWASP tools)")
     p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f, ulx3s-25f, ...")
     p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--design", choices=("density", "conv"), default="density",
-                   help="density map (default) or the sparse convolution engine")
+    p.add_argument("--design", choices=("density", "conv", "spn"), default="density",
+                   help="density map (default), the sparse convolution engine or the encoding loop")
     p.add_argument("--seed", type=int, help="nextpnr placement seed (default: 2 for the iCEBreaker's density design, "
                         "which meets 42 MHz with it; otherwise nextpnr's own)")
     for name, text in (("kernel_size", "conv: kernel K (default 3)"),
@@ -549,7 +620,7 @@ def build_parser():
     p = sub.add_parser("flash", help="program a board with openFPGALoader")
     p.add_argument("--board", required=True)
     p.add_argument("--sram", action="store_true", help="load into the FPGA only (lost at power-off)")
-    p.add_argument("--design", choices=("density", "conv"), default="density")
+    p.add_argument("--design", choices=("density", "conv", "spn"), default="density")
     p.set_defaults(handler=cmd_flash)
 
     p = sub.add_parser("report", help="utilisation and Fmax of every block on iCE40UP5K and ECP5-25F")
@@ -579,6 +650,17 @@ def build_parser():
     p.add_argument("--pad-mode", choices=("zero", "replicate", "reflect"), default="zero",
                    help="conv: padding mode")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("peptides", help="classify held-out peptides on a board running the spn design")
+    p.add_argument("--model", required=True, help=".npz model (python -m dynsparse.golden.spn writes them "
+                                                  "under build/spn)")
+    p.add_argument("--port", default="/dev/ttyUSB1", help="serial port (default /dev/ttyUSB1)")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the board")
+    p.add_argument("--dataset", default="AMPvsTM", help="modlamp data set (default AMPvsTM)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    p.add_argument("--count", type=int, help="only the first COUNT held-out peptides")
+    p.set_defaults(handler=cmd_peptides)
 
     p = sub.add_parser("compress", help="sparsify int8 weights (.npy) into a weight stream (docs/weightstream.md)")
     p.add_argument("weights", help=".npy int8-valued matrix or C_out × C_in × K × K tensor")

@@ -143,3 +143,41 @@ def test_bitstream_placement_seed(board, design, seed, expected, tmp_path, monke
         assert "--seed" not in options
     else:
         assert re.search(rf"{expected}\b", options)
+
+
+def test_peptides_rejects_bad_models_and_a_missing_board(tmp_path, capsys):
+    import numpy as np
+    from dynsparse.golden import spn
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(SystemExit):
+        main(["peptides", "--model", str(bad)])
+    assert "bad.npz: not a dynsparse SPN model (not an .npz archive)" in capsys.readouterr().err
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, version=np.int64(1))
+    with pytest.raises(SystemExit):
+        main(["peptides", "--model", str(partial)])
+    assert re.search(r"partial\.npz: not a dynsparse SPN model \(export has no 'height'\)", capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["peptides", "--model", str(tmp_path / "none.npz")])
+    assert "none.npz: no such file" in capsys.readouterr().err
+    # a good model, no board on the port
+    config = spn.SPNConfig(length=8, iterations=1, channels=2, spn_channels=1)
+    x = spn.encode(spn.load_dataset("AMPvsTM")[0][:10], length=8).astype(np.float64) / 127
+    model = tmp_path / "model.npz"
+    spn.save_export(spn.quantise(spn.init_params(config, seed=0), config, x)[0], str(model))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["peptides", "--model", str(model), "--port", str(tmp_path / "ttyUSB7"), "--count", "2"])
+    assert exit_info.value.code == 2
+    assert "is the board plugged in and flashed?" in capsys.readouterr().err
+
+
+def test_spn_board_parameters():
+    from dynsparse.boards.top import BoardTop, SPNBoard
+    board = SPNBoard(clk_freq=1_000_000, baud=250_000, channels=3, spn_channels=2, max_length=12)
+    assert board.link.per_frame and board.link.results_per_pixel == 4 * (2 + 3 + 1)
+    assert board.link.pixel_buffer >= 8 * 12          # a whole map fits in flight
+    with pytest.raises(ValueError, match=r"^channel count must be an integer in \[1, 8\], not 9$"):
+        SPNBoard(clk_freq=12_000_000, channels=9)
+    with pytest.raises(ValueError, match=r"^design must be one of density, conv, spn, not 'nope'$"):
+        BoardTop(design="nope")

@@ -105,7 +105,7 @@ def scales(expected, iterations):
 
 
 def test_real_peptides(export):
-    sequences = golden.load_dataset("AMPvsTM")[0][200:204]
+    sequences = golden.load_dataset("AMPvsTM")[0][200:202]
     x = golden.encode(sequences, length=CONFIG.length)
     model = varied(export, [[0.3, 0.9], [0.6, 0.1]])
     expected, _ = check(make(), model, x)
@@ -115,7 +115,7 @@ def test_real_peptides(export):
 @pytest.mark.parametrize("source,sink", [("random", "random"), ("none", "fixed")])
 def test_stalls(export, source, sink):
     rng = np.random.default_rng(5)
-    x = rng.integers(-127, 128, (2, golden.HEIGHT, CONFIG.length))
+    x = rng.integers(-127, 128, (1, golden.HEIGHT, CONFIG.length))
     check(make(), varied(export, [[0.8, 0.5], [0.2, 0.4]]), x, source=source, sink=sink, seed=7)
 
 
