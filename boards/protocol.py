@@ -609,6 +609,14 @@ class HostLink:
                 "embedding": values[iterations:-1], "logit": int(values[-1]),
                 "cycles": self.read_register(Register.SPN_CYCLES)}
 
+    def run_peptide(self, sequence, *, length, iterations):
+        """Encode a peptide (one-letter amino-acid codes, ``golden.spn.encode``: truncated or
+        zero-padded to ``length``) and run it through the encoding loop (:meth:`run_spn`)."""
+        from ..golden.spn import encode
+        if not isinstance(sequence, str):
+            raise TypeError(f"sequence must be a string, not {sequence!r}")
+        return self.run_spn(encode([sequence], length=length)[0].astype(np.int64), iterations=iterations)
+
     def run_frame(self, frame):
         """Send a uint8 frame ``[H, W]`` or ``[H, W, C]``; return its raw results ``[H, W, R]``.
 

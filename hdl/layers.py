@@ -23,12 +23,15 @@ and the next layer of the chain starts then.
 from dataclasses import dataclass
 
 from amaranth.hdl import Array, C, Cat, Mux, Signal, signed, unsigned
+from amaranth.lib.memory import Memory
 
+from ..golden.sparseconv import SHIFT_MAX
 from ..golden.spn import SCALE_MAX_CODE, SCALE_MIN_CODE
 from .requant import REQUANT_STAGES, requantize_stages
 
 
-__all__ = ["Layer", "LayerEngine", "MapLoader"]
+__all__ = ["Layer", "LayerEngine", "MapLoader", "REGION_WEIGHTS", "REGION_BIASES", "REGION_REQUANT",
+           "parameter_memories"]
 
 
 @dataclass(frozen=True)
@@ -383,3 +386,40 @@ class MapLoader:
                 with m.Else():
                     m.d.sync += [lx.eq(0), ly.eq(0), lc.eq(lc + 1)]
         return m
+
+
+#: Parameter regions, in the two top bits of a parameter address.
+REGION_WEIGHTS, REGION_BIASES, REGION_REQUANT = 0, 1, 2
+
+
+def parameter_memories(m, *, weights, biases, constants, bias_bits, index_bits, addr, data, write, bad):
+    """The weight (int8), bias (``bias_bits`` signed) and constant (``M | S << 16``) memories of
+    ``weights``, ``biases`` and ``constants`` entries, written through a parameter port.
+
+    ``addr`` is a region (its two top bits, :data:`REGION_WEIGHTS` …) and an
+    ``index_bits`` index; a write (``write`` high) outside its region's
+    entries, or of a shift above 47, is ignored and drives ``bad`` for that
+    cycle. Returns the three memories' read ports (``sync``, data the cycle
+    after the address).
+    """
+    memories = [Memory(shape=signed(8), depth=weights, init=[]),
+                Memory(shape=signed(bias_bits), depth=biases, init=[]),
+                Memory(shape=unsigned(16 + 6), depth=constants, init=[])]
+    m.submodules.weights, m.submodules.biases, m.submodules.constants = memories
+    w_wr, b_wr, c_wr = (memory.write_port() for memory in memories)
+    region, index = addr[index_bits:], addr[:index_bits]
+    m.d.comb += [
+        w_wr.addr.eq(index), w_wr.data.eq(data[:8]),
+        b_wr.addr.eq(index), b_wr.data.eq(data[:bias_bits]),
+        c_wr.addr.eq(index), c_wr.data.eq(data[:22]),
+    ]
+    with m.If(write):
+        with m.If((region == REGION_WEIGHTS) & (index < weights)):
+            m.d.comb += w_wr.en.eq(1)
+        with m.Elif((region == REGION_BIASES) & (index < biases)):
+            m.d.comb += b_wr.en.eq(1)
+        with m.Elif((region == REGION_REQUANT) & (index < constants) & (data[16:22] <= SHIFT_MAX)):
+            m.d.comb += c_wr.en.eq(1)
+        with m.Else():
+            m.d.comb += bad.eq(1)
+    return [memory.read_port(domain="sync") for memory in memories]

@@ -15,14 +15,13 @@ One multiply-accumulate a cycle, the maps in block RAM, weights, biases and
 requantisation constants in memories written through a parameter port.
 """
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import MULTIPLIER_MAX, SHIFT_MAX
 from .frame import check_int, frame_layout
-from .layers import Layer, LayerEngine, MapLoader
+from .layers import REGION_BIASES, REGION_REQUANT, REGION_WEIGHTS, Layer, LayerEngine, MapLoader, parameter_memories
 
 
 __all__ = ["ScalePredictor", "ScalePredictorErrors", "scale_layout"]
@@ -39,8 +38,6 @@ class ScalePredictorErrors(data.Struct):
 #: Payload of the scales: both UQ2.6 codes of one map set.
 scale_layout = data.StructLayout({"scale_h": unsigned(8), "scale_l": unsigned(8)})
 
-#: Parameter regions, in the two top bits of ``param_addr``.
-REGION_WEIGHTS, REGION_BIASES, REGION_REQUANT = 0, 1, 2
 
 
 class ScalePredictor(wiring.Component):
@@ -195,27 +192,10 @@ class ScalePredictor(wiring.Component):
             m.d.sync += self.errors.eq(self.errors.as_value() | raised.as_value())
 
         # -------- parameters -------------------------------------------------------------------------
-        weights = Memory(shape=signed(8), depth=self._weight_count, init=[])
-        biases = Memory(shape=signed(self._bias_bits), depth=self._iterations * self._bias_row, init=[])
-        constants = Memory(shape=unsigned(16 + 6), depth=self._iterations * 4, init=[])
-        m.submodules.weights, m.submodules.biases, m.submodules.constants = weights, biases, constants
-        w_wr, b_wr, c_wr = weights.write_port(), biases.write_port(), constants.write_port()
-        region, index = self.param_addr[ib:], self.param_addr[:ib]
-        m.d.comb += [
-            w_wr.addr.eq(index), w_wr.data.eq(self.param_data[:8]),
-            b_wr.addr.eq(index), b_wr.data.eq(self.param_data[:self._bias_bits]),
-            c_wr.addr.eq(index), c_wr.data.eq(Cat(self.param_data[:16], self.param_data[16:22])),
-        ]
-        with m.If(self.param_write):
-            with m.If((region == REGION_WEIGHTS) & (index < self._weight_count)):
-                m.d.comb += w_wr.en.eq(1)
-            with m.Elif((region == REGION_BIASES) & (index < self._iterations * self._bias_row)):
-                m.d.comb += b_wr.en.eq(1)
-            with m.Elif((region == REGION_REQUANT) & (index < self._iterations * 4) &
-                        (self.param_data[16:22] <= SHIFT_MAX)):
-                m.d.comb += c_wr.en.eq(1)
-            with m.Else():
-                m.d.comb += raised.bad_param.eq(1)
+        w_rd, b_rd, c_rd = parameter_memories(
+            m, weights=self._weight_count, biases=self._iterations * self._bias_row, constants=self._iterations * 4,
+            bias_bits=self._bias_bits, index_bits=ib, addr=self.param_addr, data=self.param_data,
+            write=self.param_write, bad=raised.bad_param)
 
         # -------- maps: mem0 holds the input, then layer 2's output; mem1 layer 1's ------------------
         depth0 = max(f, s) << (y_bits + x_bits)
@@ -247,9 +227,6 @@ class ScalePredictor(wiring.Component):
 
         # -------- the layers: one tap issued a cycle ---------------------------------------------------
         engine = self._engine()
-        w_rd = weights.read_port(domain="sync")
-        b_rd = biases.read_port(domain="sync")
-        c_rd = constants.read_port(domain="sync")
         m.d.comb += [
             engine.start.eq(start), engine.start_layer.eq(0), engine.iteration.eq(iteration),
             engine.height_m1.eq(height_m1), engine.length_m1.eq(length_m1),

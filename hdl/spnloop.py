@@ -30,14 +30,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..golden.sparseconv import SHIFT_MAX
 from ..golden.spn import HEIGHT, SCALE_ONE
 from .anisopool import AnisoPool, PoolMode
 from .frame import check_int, frame_layout
-from .layers import Layer, LayerEngine, MapLoader
+from .layers import REGION_BIASES, REGION_REQUANT, REGION_WEIGHTS, Layer, LayerEngine, MapLoader, parameter_memories
 
 
-__all__ = ["EncodingLoop", "EncodingLoopErrors", "REGION_WEIGHTS", "REGION_BIASES", "REGION_REQUANT"]
+__all__ = ["EncodingLoop", "EncodingLoopErrors"]
 
 
 class EncodingLoopErrors(data.Struct):
@@ -49,8 +48,6 @@ class EncodingLoopErrors(data.Struct):
     pool: 1         # the pooling block flagged an error (a fault of the loop itself)
 
 
-#: Parameter regions, in the two top bits of ``param_addr``.
-REGION_WEIGHTS, REGION_BIASES, REGION_REQUANT = 0, 1, 2
 #: Requantisation constants of an iteration: the convolution, SPN layers 1 … 3, the scale.
 _CONSTANTS = ("conv", "spn1", "spn2", "spn3", "scale")
 
@@ -268,28 +265,10 @@ class EncodingLoop(wiring.Component):
         m.d.comb += pool.clear_errors.eq(self.clear_errors)
 
         # -------- parameters -------------------------------------------------------------------------
-        n_constants = t_max * len(_CONSTANTS)
-        weights = Memory(shape=signed(8), depth=self._weight_count, init=[])
-        biases = Memory(shape=signed(self._bias_bits), depth=self._head_bias + 1, init=[])
-        constants = Memory(shape=unsigned(16 + 6), depth=n_constants, init=[])
-        m.submodules.weights, m.submodules.biases, m.submodules.constants = weights, biases, constants
-        w_wr, b_wr, c_wr = weights.write_port(), biases.write_port(), constants.write_port()
-        region, index = self.param_addr[ib:], self.param_addr[:ib]
-        m.d.comb += [
-            w_wr.addr.eq(index), w_wr.data.eq(self.param_data[:8]),
-            b_wr.addr.eq(index), b_wr.data.eq(self.param_data[:self._bias_bits]),
-            c_wr.addr.eq(index), c_wr.data.eq(Cat(self.param_data[:16], self.param_data[16:22])),
-        ]
-        with m.If(self.param_write):
-            with m.If((region == REGION_WEIGHTS) & (index < self._weight_count)):
-                m.d.comb += w_wr.en.eq(1)
-            with m.Elif((region == REGION_BIASES) & (index <= self._head_bias)):
-                m.d.comb += b_wr.en.eq(1)
-            with m.Elif((region == REGION_REQUANT) & (index < n_constants) & (self.param_data[16:22] <= SHIFT_MAX)):
-                m.d.comb += c_wr.en.eq(1)
-            with m.Else():
-                m.d.comb += raised.bad_param.eq(1)
-        w_rd, b_rd, c_rd = (mem.read_port(domain="sync") for mem in (weights, biases, constants))
+        w_rd, b_rd, c_rd = parameter_memories(
+            m, weights=self._weight_count, biases=self._head_bias + 1, constants=t_max * len(_CONSTANTS),
+            bias_bits=self._bias_bits, index_bits=ib, addr=self.param_addr, data=self.param_data,
+            write=self.param_write, bad=raised.bad_param)
 
         # -------- the maps ---------------------------------------------------------------------------
         map_bits = y_bits + x_bits

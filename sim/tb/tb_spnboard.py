@@ -63,6 +63,10 @@ async def peptides_through_the_link(dut):
     for x in codes:
         got = await check_map(host, export, x)
         dut._log.info("peptide: %s", got)
+    # the host API encodes a sequence itself
+    got = await in_thread(host.run_peptide, sequences[0], length=LENGTH, iterations=LOOP.iterations)
+    logits, _ = golden.forward_int(export, codes[:1])
+    assert got["logit"] == int(logits[0]), got
     assert await in_thread(host.spn_errors) == []
 
     fixed = make_export(adaptive=False)
