@@ -83,7 +83,7 @@ from .weighttrain import _Adam, _single_thread
 
 __all__ = [
     "ALPHABET", "PROPERTY_NAMES", "PROPERTIES", "DATASETS", "HEIGHT",
-    "POOL_AREA_MAX", "SCALE_FRACTION_BITS", "SCALE_ONE", "SCALE_MIN_CODE", "SCALE_MAX_CODE", "ACTIVATION_MAX",
+    "POOL_AREA_MAX", "BIAS_CODE_MAX", "SCALE_FRACTION_BITS", "SCALE_ONE", "SCALE_MIN_CODE", "SCALE_MAX_CODE", "ACTIVATION_MAX",
     "EXPORT_VERSION", "TRAINING_PATHS", "POOL_MODES",
     "SPNConfig", "data_file", "parse_dataset", "load_dataset", "encoding_table", "encode", "split",
     "kernel_size_int", "kernel_size_float", "soft_kernel_size", "reciprocal_table", "average_int",
@@ -137,6 +137,8 @@ SCALE_MAX_CODE = 2 * SCALE_ONE           # 2.0
 POOL_AREA_MAX = 202
 #: Largest activation code after a ReLU (int8).
 ACTIVATION_MAX = 127
+#: Largest magnitude of an exported bias code: 32-bit signed biases in the gateware, with room.
+BIAS_CODE_MAX = 1 << 30
 EXPORT_VERSION = 1
 TRAINING_PATHS = ("soft", "straight-through")
 POOL_MODES = ("average", "max")
@@ -719,7 +721,11 @@ def quantise(params, config, x_calibration, *, adaptive=True, percentile=99.9, s
     mean over the whole map, which the few largest values dominate. Two
     floors keep a (nearly) dead ReLU layer representable: ``P`` is at least
     1/256 of the same percentile of the layer's ``|pre-activation|`` (else the
-    next layer's bias codes explode), and ``s_w · s_x / s_y < 2^15``.
+    next layer's bias codes explode), and ``s_w · s_x / s_y < 2^15``; a
+    third keeps every bias code within ``±BIAS_CODE_MAX = ±2^30`` (the
+    gateware's biases are 32-bit): a layer's output scale is at least the
+    largest bias of the layer that reads it over that layer's weight scale
+    times ``2^30`` (the head's bias likewise).
     Weights are int8 per tensor and shared by the iterations; biases,
     multipliers and shifts are per iteration (row ``t``), since the input
     scale of a layer changes from one iteration to the next. ``export``
@@ -733,14 +739,24 @@ def quantise(params, config, x_calibration, *, adaptive=True, percentile=99.9, s
     s_in = 1 / 127
     weight_scales = {name: _weight_code(params[name])[1] for name in ("conv0", "conv1", "spn1", "spn2", "spn3")}
 
-    def output_scale(pre, s_w, s_x, level):
+    def output_scale(pre, s_w, s_x, level, floor=0.0):
         top = max(float(np.percentile(np.maximum(pre, 0), level)), float(np.percentile(np.abs(pre), level)) / 256)
-        return max(top / ACTIVATION_MAX, s_w * s_x / 2 ** 15, 1e-12)
+        return max(top / ACTIVATION_MAX, s_w * s_x / 2 ** 15, floor, 1e-12)
 
+    def bias_floor(name):
+        """The smallest input scale of layer ``name`` whose bias codes stay within ±BIAS_CODE_MAX."""
+        return float(np.abs(params[name + "_b"]).max(initial=0.0)) / (weight_scales[name] * BIAS_CODE_MAX)
+
+    s_head = _weight_code(params["head"])[1]
     s_a = []
     for t, step in enumerate(steps):
+        floor = bias_floor("spn1") if adaptive else 0.0
+        if t + 1 < iterations:
+            floor = max(floor, bias_floor("conv1"))
+        else:       # the head's bias, in units of s_head · s_a / (H · L)
+            floor = max(floor, abs(float(params["head_b"][0])) * HEIGHT * config.length / (s_head * BIAS_CODE_MAX))
         s_a.append(output_scale(step["pre"], weight_scales["conv0" if t == 0 else "conv1"], s_a[-1] if t else s_in,
-                                percentile))
+                                percentile, floor))
     export = {"version": EXPORT_VERSION, "height": HEIGHT, "length": config.length,
               "iterations": iterations, "channels": config.channels, "spn_channels": config.spn_channels,
               "conv_kernel": config.conv_kernel, "base_h": config.base_h, "base_l": config.base_l,
@@ -777,9 +793,10 @@ def quantise(params, config, x_calibration, *, adaptive=True, percentile=99.9, s
         spn_scales = []
         for t, step in enumerate(steps):
             x_spn, s_x, chain = step["a"], s_a[t], []
-            for name in ("spn1", "spn2", "spn3"):
+            for name, following in (("spn1", "spn2"), ("spn2", "spn3"), ("spn3", None)):
                 pre = _conv(x_spn, params[name], params[name + "_b"])[0]
-                s_x = output_scale(pre, weight_scales[name], s_x, spn_percentile)
+                s_x = output_scale(pre, weight_scales[name], s_x, spn_percentile,
+                                   bias_floor(following) if following else 0.0)
                 chain.append(s_x)
                 x_spn = np.maximum(pre, 0)
             spn_scales.append(chain)

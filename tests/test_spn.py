@@ -324,6 +324,25 @@ def test_training_is_deterministic_and_learns(peptides):
 
 # --- quantisation and the integer model ----------------------------------------------------------
 
+def test_bias_codes_fit_32_bits(peptides):
+    """A nearly dead SPN layer before a layer with large biases (what some seeds train into):
+    the scale floor keeps every bias code within ±2^30, and the integer model stays close to the float one."""
+    sequences, labels, _ = peptides
+    config = spn.SPNConfig(length=16, channels=4, spn_channels=2)
+    x = spn.encode(sequences[:60], length=16).astype(np.float64) / 127
+    params = spn.init_params(config, seed=5)
+    params["spn2"] = params["spn2"] * 1e-7                     # spn2's outputs nearly zero
+    params["spn2_b"] = np.full_like(params["spn2_b"], 1e-9)
+    params["spn3_b"] = np.array([0.4, -0.2])                   # biases dominate spn3
+    params["head_b"] = np.array([3.0])
+    export, _ = spn.quantise(params, config, x)
+    for name in ("conv_b", "spn1_b", "spn2_b", "spn3_b", "head_b"):
+        assert np.abs(export[name]).max() <= spn.BIAS_CODE_MAX, name
+    logits, trace = spn.forward_int(export, (x * 127).round().astype(np.int64))
+    float_logits, cache = spn.forward(params, x, config, path="hard")
+    assert (np.sign(logits) == np.sign(float_logits)).mean() > 0.9
+
+
 def test_export_shapes_and_ranges(trained):
     config, _, export, _, _, _ = trained
     k, f, s = config.conv_kernel, config.channels, config.spn_channels
