@@ -681,9 +681,17 @@ def build_parser():
     p.add_argument("--rebuild", help="write the reconstructed int8 tensor to this .npy")
     p.set_defaults(handler=cmd_inspect)
 
+    p = sub.add_parser("heads", help="seed 004's k sweep and resampling study (docs/heads.md)", add_help=False)
+    p.set_defaults(handler=cmd_heads, takes_extra=True)
+
     p = sub.add_parser("list", help="list the blocks and their parameters")
     p.set_defaults(handler=cmd_list)
     return parser
+
+
+def cmd_heads(args, extra):
+    from dynsparse.golden.heads import main as heads_main
+    return heads_main(extra)
 
 
 def cmd_list(args):
