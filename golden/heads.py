@@ -662,8 +662,8 @@ def check_export(export):
         if value.ndim != 2 or value.shape[0] != heads:
             raise ValueError(f"{name} must have shape [{heads}, k_max], not {list(value.shape)}")
     k_max = arrays["weight"].shape[1]
-    if ((count < 1) | (count > k_max)).any():
-        raise ValueError(f"every head's tap count must lie in [1, {k_max}]")
+    if ((count < 0) | (count > k_max)).any():
+        raise ValueError(f"every head's tap count must lie in [0, {k_max}]")
     valid = np.arange(k_max)[None, :] < count[:, None]
     if (np.abs(arrays["weight"][valid]) > 127).any():
         raise ValueError("tap weights must lie in [-127, 127]")

@@ -11,7 +11,7 @@ from ..golden.sparseconv import (FINISHED_SLOTS, MULTIPLIER_MAX, QUEUE_DEPTH, SH
 from .frame import check_int, check_shape, coord_width
 from .padmask import PaddingMask
 from .requant import REQUANT_STAGES, requantize_stages
-from .taps import tap_layout, tap_lists_layout
+from .taps import list_capacity as _list_capacity, tap_layout, tap_lists_layout
 from .window import PadMode, window_layout
 
 
@@ -133,6 +133,11 @@ class SparseConv(wiring.Component):
     finished_slots : int
         Walked positions whose results wait for the positions admitted before them to be
         given out, 1 to 8 (default 4; ``C_out`` results each).
+    list_capacity : int or None
+        ``N``, the entries of a tap list, 1 to ``C_in · K²`` (the default). Lists
+        of sampled heads (:mod:`dynsparse.hdl.heads`) hold a few taps of a large
+        window; a smaller ``N`` shrinks every copy of the lists and the
+        accumulators (``N`` products).
 
     Members
     -------
@@ -208,7 +213,8 @@ class SparseConv(wiring.Component):
 
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
-                 requantize=False, queue_depth=QUEUE_DEPTH, finished_slots=FINISHED_SLOTS):
+                 requantize=False, queue_depth=QUEUE_DEPTH, finished_slots=FINISHED_SLOTS,
+                 list_capacity=None):
         self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
         self._in_channels  = check_int("input channel count", in_channels, minimum=1)
         self._out_channels = check_int("output channel count", out_channels, minimum=1)
@@ -226,6 +232,8 @@ class SparseConv(wiring.Component):
         self._requantize = requantize
         self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=64)
         self._finished_slots = check_int("finished slot count", finished_slots, minimum=1, maximum=8)
+        self._list_capacity = _list_capacity(kernel_size=self._kernel_size, in_channels=self._in_channels,
+                                             capacity=list_capacity)
         self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
                                  max_width=max_width, max_height=max_height)
 
@@ -243,7 +251,7 @@ class SparseConv(wiring.Component):
                 max_width=max_width, max_height=max_height))),
             "i_taps":   In(stream.Signature(tap_lists_layout(
                 kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels,
-                max_width=max_width, max_height=max_height))),
+                max_width=max_width, max_height=max_height, capacity=list_capacity))),
             "o_stream": Out(stream.Signature(output_layout)),
             "pad_mode": In(PadMode),
             "dense":    In(1),
@@ -279,8 +287,8 @@ class SparseConv(wiring.Component):
 
     @property
     def taps_per_list(self):
-        """``N = C_in · K²``, the capacity of a tap list."""
-        return self._in_channels * self._kernel_size ** 2
+        """``N``, the capacity of a tap list: ``list_capacity``, ``C_in · K²`` by default."""
+        return self._list_capacity
 
     @property
     def walkers(self):
@@ -665,7 +673,8 @@ class SparseConv(wiring.Component):
         skip_zero = [Signal.like(lists[co].zero, name=f"skip_zero_{co}") for co in range(c_out)]
         skip_padding = [Signal(n, name=f"skip_padding_{co}") for co in range(c_out)]
         list_padding = [Signal(range(n + 1), name=f"list_padding_{co}") for co in range(c_out)]
-        total_pruned, total_zero = (Signal(range(n * c_out + 1), name=f"total_{name}")
+        full = self._in_channels * k * k
+        total_pruned, total_zero = (Signal(range(full * c_out + 1), name=f"total_{name}")
                                     for name in ("pruned", "zero"))
         m.d.sync += [loaded.eq(admit), summed.eq(loaded)]
         with m.If(admit):

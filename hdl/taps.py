@@ -17,7 +17,7 @@ from amaranth.lib import data
 from .frame import check_int, coord_width
 
 
-__all__ = ["tap_layout", "tap_list_layout", "tap_lists_layout", "tap_density_layout", "index_width"]
+__all__ = ["list_capacity", "tap_layout", "tap_list_layout", "tap_lists_layout", "tap_density_layout", "index_width"]
 
 
 def index_width(count):
@@ -35,24 +35,36 @@ def tap_layout(*, kernel_size, in_channels):
     })
 
 
-def tap_list_layout(*, kernel_size, in_channels):
-    """One output channel's list: ``count``, ``pruned``, ``zero`` and ``taps[N]``, ``N = C_in·K²``."""
-    n = in_channels * kernel_size * kernel_size
+def list_capacity(*, kernel_size, in_channels, capacity=None):
+    """``N``, the entries of a tap list: ``C_in · K²`` (every tap of the window) unless a smaller
+    ``capacity`` (1 … ``C_in · K²``) is given, as for the sampled heads of seed 004."""
+    full = in_channels * kernel_size * kernel_size
+    if capacity is None:
+        return full
+    return check_int("tap-list capacity", capacity, minimum=1, maximum=full)
+
+
+def tap_list_layout(*, kernel_size, in_channels, capacity=None):
+    """One output channel's list: ``count``, ``pruned``, ``zero`` and ``taps[N]``
+    (``N``: :func:`list_capacity`); ``pruned`` and ``zero`` count up to ``C_in · K²``."""
+    full = in_channels * kernel_size * kernel_size
+    n = list_capacity(kernel_size=kernel_size, in_channels=in_channels, capacity=capacity)
     return data.StructLayout({
         "count":  unsigned(n.bit_length()),
-        "pruned": unsigned(n.bit_length()),
-        "zero":   unsigned(n.bit_length()),
+        "pruned": unsigned(full.bit_length()),
+        "zero":   unsigned(full.bit_length()),
         "taps":   data.ArrayLayout(tap_layout(kernel_size=kernel_size, in_channels=in_channels), n),
     })
 
 
-def tap_lists_layout(*, kernel_size, in_channels, out_channels, max_width, max_height):
+def tap_lists_layout(*, kernel_size, in_channels, out_channels, max_width, max_height, capacity=None):
     """Payload of a tap-list stream: ``lists[co]`` of one output position, ``x``, ``y``, ``first``, ``last``."""
     check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
     check_int("input channel count", in_channels, minimum=1)
     check_int("output channel count", out_channels, minimum=1)
     return data.StructLayout({
-        "lists": data.ArrayLayout(tap_list_layout(kernel_size=kernel_size, in_channels=in_channels),
+        "lists": data.ArrayLayout(tap_list_layout(kernel_size=kernel_size, in_channels=in_channels,
+                                                  capacity=capacity),
                                   out_channels),
         "x":     unsigned(coord_width(max_width)),
         "y":     unsigned(coord_width(max_height)),

@@ -302,7 +302,7 @@ def _good_export():
     (lambda e: e.update(ox=np.array([[3, 0], [0, 0]])), ValueError, r"offset lies outside \[-2, 2\]"),
     (lambda e: e.update(ci=np.array([[0, 2], [0, 0]])), ValueError, "channel"),
     (lambda e: e.update(weight=np.array([[128, 1], [1, 0]])), ValueError, r"\[-127, 127\]"),
-    (lambda e: e.update(count=np.array([0, 1])), ValueError, "tap count"),
+    (lambda e: e.update(count=np.array([3, 1])), ValueError, "tap count"),
     (lambda e: e.update(ci=e["ci"] * 0, ox=e["ox"] * 0), ValueError, "same tap twice"),
     (lambda e: e.pop("bias"), ValueError, "'bias'"),
     (lambda e: e.update(version=2), ValueError, "version"),
