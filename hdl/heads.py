@@ -11,7 +11,7 @@ The host side (sampling, training, ranking, export) is
 what the engine sees.
 """
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Signal, signed as _signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -187,8 +187,8 @@ class HeadLayer(wiring.Component):
         Taps a head may hold, 1 to ``C_in · K²``.
     max_width, max_height : int
         Largest frame; ``max_height`` at least ``n + 1``.
-    pixel_shape : shape
-        ``unsigned(8)`` (images) or ``signed(8)`` (feature maps, peptide codes).
+    signed : bool
+        Inputs are ``signed(8)`` (feature maps, peptide codes) instead of ``unsigned(8)`` pixels.
     block_size, requantize
         As :class:`~dynsparse.hdl.sparseconv.SparseConv`.
 
@@ -218,8 +218,11 @@ class HeadLayer(wiring.Component):
     """
 
     def __init__(self, *, reach=2, in_channels=1, heads=8, lanes=2, capacity=8, max_width=64, max_height=64,
-                 pixel_shape=unsigned(8), block_size=4, requantize=False):
+                 signed=False, block_size=4, requantize=False):
         self._reach = check_int("reach n", reach, minimum=0, maximum=7)
+        if not isinstance(signed, bool):
+            raise TypeError(f"signed must be a bool, not {signed!r}")
+        pixel_shape = _signed(8) if signed else unsigned(8)
         k = 2 * reach + 1
         self._window = WindowGenerator(kernel_size=k, channels=in_channels, max_width=max_width,
                                        max_height=max_height, pixel_shape=pixel_shape)

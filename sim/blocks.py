@@ -228,6 +228,33 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="headlayer",
+        component="hdl.heads:HeadLayer",
+        summary="sampled-offset heads (seed 004): window of reach n, run-time head table, sparse-tap engine",
+        parameters={
+            "reach":       (2, "offset reach n (window 2n+1, 0 … 7)"),
+            "in_channels": (1, "input channels C_in"),
+            "heads":       (8, "heads H (output channels)"),
+            "lanes":       (2, "multiplier lanes (1 … H)"),
+            "capacity":    (8, "taps a head may hold (1 … C_in·(2n+1)²)"),
+            "max_width":   (64, "largest frame width"),
+            "max_height":  (64, "largest frame height"),
+            "signed":      (False, "signed 8-bit inputs (feature maps, peptide codes)"),
+            "requantize":  (False, "int8 results (multiplier, shift)"),
+        },
+        testbench="dynsparse.sim.tb.tb_headlayer",
+        test_variants={
+            # task: the real data of the trained-heads test; frame: [height, width] of every frame
+            # (peptides: one sequence per row).
+            "digits": {"block": {"reach": 2, "in_channels": 1, "heads": 6, "lanes": 2, "capacity": 5,
+                                 "max_width": 16, "max_height": 16},
+                       "task": "digits", "frame": [8, 8]},
+            "peptides": {"block": {"reach": 3, "in_channels": 8, "heads": 4, "lanes": 3, "capacity": 4,
+                                   "max_width": 32, "max_height": 8, "signed": True, "requantize": True},
+                         "task": "amp", "frame": [4, 20], "simulators": ["icarus", "verilator"]},
+        },
+    ),
+    Block(
         name="convpipe",
         component="hdl.convpipe:SparseConvPipeline",
         summary="pixels to sparse convolution: density, kernel scaler, pixel FIFO, windows, sparse engine",

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import Value, signed, unsigned
+from amaranth.hdl import Value
 
 from dynsparse.golden import heads as H
 from dynsparse.golden.sparseconv import requantize, sparse_conv
@@ -167,7 +167,7 @@ def test_trained_peptide_heads_on_a_row_frame():
     # three sequences stacked as rows: 1-D taps (dy = n) never read another row
     frame = np.transpose(x_test[:3, :, :16], (0, 2, 1)).astype(np.int8)          # [3, 16, 8]
     dut = HeadLayer(reach=2, in_channels=channels, heads=4, lanes=2, capacity=3, max_width=16,
-                    max_height=8, pixel_shape=signed(8))
+                    max_height=8, signed=True)
     simulate(dut, [frame], export)
     rows = H.head_accumulators(export, x_test[:3, :, :16])                       # [3, heads, 16]
     acc, _ = golden(frame, export, pad_mode="zero", lanes=2)
@@ -276,6 +276,7 @@ def test_table_alone():
     ({"heads": 0}, ValueError, "head count"),
     ({"lanes": 9}, ValueError, "lane count"),
     ({"in_channels": 1.5}, TypeError, "channel count"),
+    ({"signed": 1}, TypeError, "signed must be a bool"),
 ])
 def test_bad_parameters(kwargs, error, text):
     params = {"reach": 2, "in_channels": 1, "heads": 8, "lanes": 2, "capacity": 8}
