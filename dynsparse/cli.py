@@ -204,6 +204,9 @@ def cmd_bench(args):
     if args.suite in ("all", "weights"):
         from dynsparse.sim.bench import run_weight_bench
         run_weight_bench(docs=None if args.no_docs else Path("docs"))
+    if args.suite in ("all", "heads"):
+        from dynsparse.sim.heads_bench import run_heads_bench
+        run_heads_bench(docs=None if args.no_docs else Path("docs"))
     return 0
 
 
@@ -590,9 +593,10 @@ def build_parser():
 
     p = sub.add_parser("bench", help="sparse against dense convolution on real images (docs/bench.md), "
                                      "weight streams on a trained model (docs/weightstream.md)")
-    p.add_argument("--suite", choices=("all", "conv", "weights"), default="all",
+    p.add_argument("--suite", choices=("all", "conv", "weights", "heads"), default="all",
                    help="conv: the sparse convolution benchmark; weights: stream sizes, reconstruction "
-                        "and accuracy on the trained digits model; all (default): both")
+                        "and accuracy on the trained digits model; heads: sampled-offset heads against a "
+                        "dense convolution of the same reach (docs/heads.md); all (default): every one")
     p.add_argument("--image", action="append", help="image name (repeatable; default: camera, text, page, "
                                                     "hubble_deep_field)")
     p.add_argument("--threshold", action="append", type=int, help="prune threshold, UQ1.8 (repeatable)")

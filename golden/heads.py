@@ -831,6 +831,28 @@ def resampling_study(task, *, reach, k, offsets, policies, seeds, heads=16, epoc
     return rows
 
 
+def int8_study(task, *, reach, k, offsets, seeds, heads=16, epochs=40):
+    """Float against int8 (:func:`quantise`, :func:`forward_int`) on the held-out split, per seed."""
+    x_train, y_train, x_test, y_test, dims, channels, scale = load_task(task)
+    space = HeadSpace(dims, channels, reach)
+    P_train, P_test = patches(x_train * scale, space), patches(x_test * scale, space)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    initial = TapDistribution.from_offsets(space, offsets)
+    rows = []
+    for seed in seeds:
+        mask = initial.sample_mask(np.random.default_rng(1000 * seed + k), heads, TapCount("constant", k))
+        params, mask, _ = train(P_train, y_train, mask, classes, seed=seed, epochs=epochs)
+        logits, _, _ = forward(params, mask, P_test)
+        export = quantise(params, mask, space, x_train, input_scale=scale)
+        logits_int, _ = forward_int(export, x_test)
+        unit = export["scales"]["activation"] * export["scales"]["out"] / export["positions"]
+        rows.append({"task": task, "seed": int(seed), "float": accuracy(logits, y_test),
+                     "int8": accuracy(logits_int, y_test),
+                     "agreement": float(np.mean(np.argmax(logits, 1) == np.argmax(logits_int, 1))),
+                     "logit_error": float(np.abs(logits_int * unit - logits).max() / np.abs(logits).max())})
+    return rows
+
+
 #: Resampling policies of the study (:func:`resampling_study`).
 STUDY_POLICIES = {
     "none": None,
@@ -887,6 +909,13 @@ def format_study(results):
                              f"{np.mean([r['connections'] for r in sel]):.1f} | "
                              f"{np.mean([r['replaced'] for r in sel]):.1f} |")
             lines.append("")
+        qs = [r for r in results.get("int8", []) if r["task"] == task]
+        if qs:
+            mean = lambda key: float(np.mean([r[key] for r in qs]))
+            lines += [f"int8 (weights symmetric per layer, requantised activations, integer classifier) against "
+                      f"float at k = {results['resample_k']}, mean over seeds: accuracy float {mean('float'):.3f}, "
+                      f"int8 {mean('int8'):.3f}; decisions agree on {mean('agreement'):.1%} of the held-out "
+                      f"inputs; largest logit error {mean('logit_error'):.1%} of the largest float logit.", ""]
     return "\n".join(lines)
 
 
@@ -951,7 +980,12 @@ def study(*, tasks=("acp", "digits"), reach=7, ks=None, seeds=(0, 1, 2), heads=1
                                            policies=STUDY_POLICIES, seeds=seeds, heads=heads, epochs=epochs)
             if progress:
                 progress({"task": task, "resampling": True})
-    return {"tasks": list(tasks), "reach": reach, "ks": list(ks), "seeds": list(seeds), "heads": heads,
+    quantised = []
+    if resample_k:
+        for task in tasks:
+            quantised += int8_study(task, reach=reach, k=resample_k, offsets=offsets, seeds=seeds, heads=heads,
+                                    epochs=epochs)
+    return {"int8": quantised, "tasks": list(tasks), "reach": reach, "ks": list(ks), "seeds": list(seeds), "heads": heads,
             "epochs": epochs, "sweep": sweep, "resampling": resampling, "resample_k": resample_k,
             "resample_distribution": offsets.describe()}
 

@@ -251,7 +251,7 @@ BLOCKS = {block.name: block for block in [
                        "task": "digits", "frame": [8, 8]},
             "peptides": {"block": {"reach": 3, "in_channels": 8, "heads": 4, "lanes": 3, "capacity": 4,
                                    "max_width": 32, "max_height": 8, "signed": True, "requantize": True},
-                         "task": "amp", "frame": [4, 20], "simulators": ["icarus", "verilator"]},
+                         "task": "amp", "frame": [4, 20], "simulators": ["verilator"]},
         },
     ),
     Block(
