@@ -97,7 +97,7 @@ def _figure(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for ax, task in zip(axes, ("camera", "peptides")):
         rows = [r for r in results["rows"] if r["task"] == task]
         for lanes in sorted({r["lanes"] for r in rows}):
@@ -112,9 +112,10 @@ def _figure(results, path):
         ax.set_xlabel("reach n (window 2n+1)")
         ax.set_ylabel("engine cycles per output position")
         ax.set_title("2-D camera" if task == "camera" else "1-D peptides (8 channels)")
-        ax.legend(fontsize=6, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(f"{results['heads']} sampled heads against a dense convolution of the same reach", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
