@@ -111,7 +111,7 @@ __all__ = [
     "OffsetDistribution", "TapCount", "HeadSpace", "TapDistribution", "ResamplePolicy",
     "fit_offsets", "patches", "init_params", "forward", "loss_and_gradients", "accuracy",
     "train", "rank_heads", "resample", "prune_taps", "quantise", "check_export", "forward_int",
-    "head_taps", "tap_lists", "load_task", "TASKS", "k_sweep", "find_a", "main",
+    "head_taps", "tap_lists", "sequence_heads", "load_task", "TASKS", "k_sweep", "find_a", "main",
 ]
 
 OFFSET_KINDS = ("normal", "student-t", "uniform", "gennorm")
@@ -725,6 +725,34 @@ def tap_lists(export, *, height, width):
                     dx=full(np.where(valid, np.asarray(export["ox"]) + n, 0)),
                     weight=full(np.where(valid, export["weight"], 0)),
                     pruned=np.zeros(shape, np.int64), zero=np.zeros(shape, np.int64))
+
+
+def sequence_heads(export, sequence, *, pad_mode="zero", lanes=1):
+    """The engine on one sequence in 1-D mode (``HeadLayer(sequence=True)``): ``(acc [L, H], counters)``.
+
+    ``sequence [L, C]`` int codes; positions beyond the ends are filled by
+    ``pad_mode`` along the sequence only (``zero``, ``replicate``, ``reflect``,
+    as :func:`dynsparse.golden.window.windows`), and with ``zero`` skipped.
+    ``acc`` excludes the bias, as :func:`~dynsparse.golden.sparseconv.sparse_conv`;
+    ``counters`` has ``cycles``, ``performed``, ``padding`` and ``active [L, H]``.
+    """
+    from .sparseconv import cycles_per_position, sparse_conv
+    space = check_export(export)
+    if space.dims != 1:
+        raise ValueError("sequence mode runs 1-D heads, not 2-D ones")
+    sequence = np.asarray(sequence)
+    if sequence.ndim != 2 or sequence.shape[1] != space.channels:
+        raise ValueError(f"a sequence must have shape [L, {space.channels}], not {list(sequence.shape)}")
+    n, length = space.reach, sequence.shape[0]
+    # the sequence in the middle row of 2n+1 identical rows: 1-D taps (dy = n) read only the middle row,
+    # padded along the sequence exactly as a 1-D window
+    frame = np.repeat(sequence[None], 2 * n + 1, axis=0)
+    lists = tap_lists(export, height=2 * n + 1, width=length)
+    acc, counters = sparse_conv(frame, lists, kernel_size=space.side, pad_mode=pad_mode, lanes=lanes)
+    active = counters["active"][n]
+    listed = int(np.asarray(export["count"]).sum()) * length
+    return acc[n], {"cycles": int(cycles_per_position(active, lanes=lanes).sum()),
+                    "performed": int(active.sum()), "padding": listed - int(active.sum()), "active": active}
 
 
 # --- tasks and the k sweep -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .frame import check_int, coord_width, pixel_layout
 from .skid import StreamRegister
 from .sparseconv import SparseConv, SparseConvErrors
 from .taps import index_width, list_capacity, tap_layout, tap_lists_layout
+from .sequence import SequenceWindow
 from .window import PadMode, WindowErrors, WindowGenerator
 
 
@@ -189,6 +190,11 @@ class HeadLayer(wiring.Component):
         Largest frame; ``max_height`` at least ``n + 1``.
     signed : bool
         Inputs are ``signed(8)`` (feature maps, peptide codes) instead of ``unsigned(8)`` pixels.
+    sequence : bool
+        1-D mode: a :class:`~dynsparse.hdl.sequence.SequenceWindow` (a shift register,
+        no line buffer) in place of the window generator; a frame is one sequence of
+        ``width`` positions (``max_width`` the longest), there is no ``height``, and the
+        heads' taps sit in row ``n`` (``dy = n``).
     block_size, requantize
         As :class:`~dynsparse.hdl.sparseconv.SparseConv`.
 
@@ -218,14 +224,21 @@ class HeadLayer(wiring.Component):
     """
 
     def __init__(self, *, reach=2, in_channels=1, heads=8, lanes=2, capacity=8, max_width=64, max_height=64,
-                 signed=False, block_size=4, requantize=False):
+                 signed=False, sequence=False, block_size=4, requantize=False):
         self._reach = check_int("reach n", reach, minimum=0, maximum=7)
-        if not isinstance(signed, bool):
-            raise TypeError(f"signed must be a bool, not {signed!r}")
+        for name, value in (("signed", signed), ("sequence", sequence)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, not {value!r}")
         pixel_shape = _signed(8) if signed else unsigned(8)
         k = 2 * reach + 1
-        self._window = WindowGenerator(kernel_size=k, channels=in_channels, max_width=max_width,
-                                       max_height=max_height, pixel_shape=pixel_shape)
+        self._sequence = sequence
+        if sequence:
+            max_height = 1
+            self._window = SequenceWindow(kernel_size=k, channels=in_channels, max_length=max_width,
+                                          pixel_shape=pixel_shape)
+        else:
+            self._window = WindowGenerator(kernel_size=k, channels=in_channels, max_width=max_width,
+                                           max_height=max_height, pixel_shape=pixel_shape)
         self._table = HeadTaps(kernel_size=k, in_channels=in_channels, heads=heads, capacity=capacity,
                                max_width=max_width, max_height=max_height)
         self._engine = SparseConv(kernel_size=k, in_channels=in_channels, out_channels=heads, lanes=lanes,
@@ -233,12 +246,13 @@ class HeadLayer(wiring.Component):
                                   block_size=block_size, requantize=requantize, list_capacity=capacity)
         self._pixel_layout = pixel_layout(pixel_shape=pixel_shape, channels=in_channels)
         self._requantize = requantize
+        self._max_width = max_width
         engine, table = self._engine, self._table
         ports = {
             "i_stream":    In(stream.Signature(self._pixel_layout)),
             "o_stream":    Out(engine.o_stream.signature),
-            "width":       In(self._window.width.shape(), init=max_width),
-            "height":      In(self._window.height.shape(), init=max_height),
+            "width":       In(range(max_width + 1), init=max_width),
+            **({} if sequence else {"height": In(self._window.height.shape(), init=max_height)}),
             "pad_mode":    In(PadMode),
             "dense":       In(1),
             **{name: In(getattr(table, name).shape()) for name in
@@ -263,14 +277,18 @@ class HeadLayer(wiring.Component):
     heads        = property(lambda self: self._engine.out_channels)
     lanes        = property(lambda self: self._engine.lanes)
     capacity     = property(lambda self: self._table.capacity)
-    max_width    = property(lambda self: self._window.max_width)
-    max_height   = property(lambda self: self._window.max_height)
-    min_width    = property(lambda self: self._window.min_width)
+    max_height   = property(lambda self: 1 if self._sequence else self._window.max_height)
+    sequence     = property(lambda self: self._sequence)
+    max_width    = property(lambda self: self._max_width)
+    min_width    = property(lambda self: self._window.min_length if self._sequence else self._window.min_width)
     engine       = property(lambda self: self._engine, doc="The :class:`SparseConv` (for its timing model).")
 
     @property
     def line_buffer_bits(self):
-        """Bits of the window generator's line buffers (:func:`window_memory_bits`)."""
+        """Bits of the window generator's line buffers (:func:`window_memory_bits`); 0 in sequence
+        mode (a shift register of ``K`` positions)."""
+        if self._sequence:
+            return 0
         return window_memory_bits(reach=self._reach, channels=self.in_channels, max_width=self.max_width,
                                   pixel_bits=self._pixel_layout["data"].shape.elem_shape.width)
 
@@ -297,9 +315,13 @@ class HeadLayer(wiring.Component):
         connect(m, table.o_stream, engine.i_taps)
         connect(m, engine.o_stream, wiring.flipped(self.o_stream))
 
+        if self._sequence:
+            m.d.comb += [window.length.eq(self.width), engine.height.eq(1)]
+        else:
+            m.d.comb += [window.height.eq(self.height), window.width.eq(self.width),
+                         engine.height.eq(self.height)]
         m.d.comb += [
-            window.width.eq(self.width), window.height.eq(self.height), window.pad_mode.eq(self.pad_mode),
-            engine.width.eq(self.width), engine.height.eq(self.height),
+            window.pad_mode.eq(self.pad_mode), engine.width.eq(self.width),
             engine.pad_mode.eq(self.pad_mode), engine.dense.eq(self.dense),
             engine.clear_counters.eq(self.clear_counters),
         ]

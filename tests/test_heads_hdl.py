@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import Value
+from amaranth.hdl import Value, signed
 
 from dynsparse.golden import heads as H
 from dynsparse.golden.sparseconv import requantize, sparse_conv
@@ -292,3 +292,209 @@ def test_memory_cost():
     # the accumulators hold N = capacity products, not C_in · K²
     assert dut.engine.accumulator_width < HeadLayer(reach=3, in_channels=2, heads=4, lanes=2,
                                                     capacity=98).engine.accumulator_width
+
+
+# --- 1-D mode: SequenceWindow and HeadLayer(sequence=True) -----------------------------------------
+
+from dynsparse.golden.window import windows as golden_windows          # noqa: E402
+from dynsparse.hdl.sequence import SequenceWindow                     # noqa: E402
+
+
+def sequence_words(layout, sequences, marks=None):
+    words = []
+    for index, seq in enumerate(sequences):
+        count = len(seq)
+        first = np.zeros(count, np.int64)
+        last = np.zeros(count, np.int64)
+        first[0] = last[-1] = 1
+        if marks is not None and marks[index] is not None:
+            first, last = marks[index]
+        words += pack(layout, {"data": np.asarray(seq).astype(np.int64), "first": first, "last": last}, count)
+    return words
+
+
+def expected_sequence_windows(seq, k, pad_mode):
+    r = k // 2
+    values, pad = golden_windows(np.repeat(np.asarray(seq)[None], k, axis=0), kernel_size=k, pad_mode=pad_mode)
+    data = np.zeros((len(seq), k, k, seq.shape[1]), np.int64)
+    flags = np.ones((len(seq), k, k), np.int64)
+    data[:, r] = values[r, :, r]
+    flags[:, r] = pad[r, :, r]
+    return data, flags
+
+
+def run_sequence_window(dut, words, count, *, length, pad_mode, source="none", sink="none", seed=0):
+    received, state = [], {}
+
+    async def send(ctx):
+        ctx.set(dut.length, length)
+        ctx.set(dut.pad_mode, PadMode[pad_mode.upper()])
+        await stream_send(ctx, dut.i_stream, words, pattern=source, seed=seed)
+
+    async def receive(ctx):
+        received.extend(await stream_receive(ctx, dut.o_stream, count, pattern=sink, seed=seed + 1, raw=True))
+        ctx.set(dut.o_stream.ready, 1)
+        for _ in range(20):
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid), "extra window"
+        state["errors"] = ctx.get(Value.cast(dut.errors))
+        state["busy"] = ctx.get(dut.busy)
+
+    run_simulation(dut, [send, receive], deadline_cycles=20 * len(words) + 2000)
+    return unpack(dut.o_stream.payload.shape(), received), state
+
+
+@pytest.mark.parametrize("pad_mode", ["zero", "replicate", "reflect"])
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_sequence_window(pad_mode, k):
+    rng = np.random.default_rng(k)
+    dut = SequenceWindow(kernel_size=k, channels=2, max_length=12, pixel_shape=signed(8))
+    for length in sorted({dut.min_length, 5, 12}):
+        sequences = [rng.integers(-128, 128, (length, 2)) for _ in range(2)]
+        got, state = run_sequence_window(dut, sequence_words(dut.i_stream.payload.shape(), sequences),
+                                         2 * length, length=length, pad_mode=pad_mode, source="random",
+                                         sink="random", seed=length)
+        assert state["errors"] == 0 and state["busy"] == 0
+        for index, seq in enumerate(sequences):
+            data, flags = expected_sequence_windows(seq, k, pad_mode)
+            part = slice(index * length, (index + 1) * length)
+            np.testing.assert_array_equal(got["data"][part], data, err_msg=f"K={k} L={length} {pad_mode}")
+            np.testing.assert_array_equal(got["pad"][part], flags)
+            assert got["x"][part].tolist() == list(range(length)) and not got["y"][part].any()
+            assert got["first"][part].tolist() == [1] + [0] * (length - 1)
+            assert got["last"][part].tolist() == [0] * (length - 1) + [1]
+
+
+def test_sequence_window_timing():
+    """``length + r`` cycles a sequence, one position a cycle, when nothing stalls."""
+    dut = SequenceWindow(kernel_size=5, channels=1, max_length=16)
+    words = sequence_words(dut.i_stream.payload.shape(), [np.arange(10)[:, None]])
+    times = {}
+
+    async def send(ctx):
+        ctx.set(dut.length, 10)
+        await stream_send(ctx, dut.i_stream, words)
+
+    async def watch(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        cycle = 0
+        while "last" not in times:
+            if ctx.get(dut.i_stream.valid) and ctx.get(dut.i_stream.ready) and "first" not in times:
+                times["first"] = cycle
+            if ctx.get(dut.o_stream.valid) and ctx.get(dut.o_stream.payload.last):
+                times["last"] = cycle
+            await ctx.tick()
+            cycle += 1
+
+    run_simulation(dut, [send, watch], deadline_cycles=200)
+    assert times["last"] - times["first"] == dut.sequence_cycles(10) == 12
+
+
+@pytest.mark.parametrize("case", ["early_first", "early_last", "missing_last", "dropped", "bad_size"])
+def test_sequence_window_errors(case):
+    """A malformed sequence raises its flag; the good sequence after it comes out exact."""
+    rng = np.random.default_rng(3)
+    dut = SequenceWindow(kernel_size=3, channels=1, max_length=8)
+    layout = dut.i_stream.payload.shape()
+    good = rng.integers(0, 256, (6, 1))
+    bad = rng.integers(0, 256, (6, 1))
+    one = lambda *bits: np.array(bits, np.int64)
+    if case == "early_first":        # a first inside: the sequence is completed with zeros
+        words = sequence_words(layout, [bad[:3], good])
+        bad_out = np.concatenate([bad[:3], np.zeros((3, 1), np.int64)])
+        marks_ok = True
+        words = sequence_words(layout, [bad[:3]], [(one(1, 0, 0), one(0, 0, 0))]) + sequence_words(layout, [good])
+    elif case == "early_last":
+        words = sequence_words(layout, [bad[:4], good])
+        bad_out = np.concatenate([bad[:4], np.zeros((2, 1), np.int64)])
+    elif case == "missing_last":     # the sequence ends at its length; the stray position is dropped
+        words = sequence_words(layout, [bad], [(one(1, 0, 0, 0, 0, 0), one(0, 0, 0, 0, 0, 0))])
+        words += sequence_words(layout, [bad[:1]], [(one(0), one(1))]) + sequence_words(layout, [good])
+        bad_out = bad
+    elif case == "dropped":
+        words = sequence_words(layout, [bad[:2]], [(one(0, 0), one(0, 1))]) + sequence_words(layout, [good])
+        bad_out = None
+    else:
+        words = sequence_words(layout, [bad[:6]]) + sequence_words(layout, [good])
+        bad_out = None
+    count = 6 * (2 if bad_out is not None else 1)
+    length = 6
+    received, state = [], {}
+
+    async def send(ctx):
+        ctx.set(dut.length, 9 if case == "bad_size" else length)
+        ctx.set(dut.pad_mode, PadMode.REFLECT)
+        for n, word in enumerate(words):
+            if case == "bad_size" and n == 6:
+                ctx.set(dut.length, length)
+            await stream_send(ctx, dut.i_stream, [word])
+
+    async def receive(ctx):
+        received.extend(await stream_receive(ctx, dut.o_stream, count, raw=True))
+        ctx.set(dut.o_stream.ready, 1)
+        for _ in range(20):
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid), "extra window"
+        state["errors"] = ctx.get(dut.errors)
+        state["busy"] = ctx.get(dut.busy)
+
+    run_simulation(dut, [send, receive], deadline_cycles=2000)
+    got = unpack(dut.o_stream.payload.shape(), received)
+    assert getattr(state["errors"], case) == 1
+    assert sum(getattr(state["errors"], name) for name in
+               ("early_first", "early_last", "missing_last", "dropped", "bad_size")) == \
+        (2 if case == "missing_last" else 1)            # the stray position after it is dropped
+    assert state["busy"] == 0
+    expected = [good] if bad_out is None else [bad_out, good]
+    for index, seq in enumerate(expected):
+        data, _ = expected_sequence_windows(seq, 3, "reflect")
+        np.testing.assert_array_equal(got["data"][index * 6:(index + 1) * 6], data, err_msg=case)
+
+
+@pytest.mark.parametrize("pad_mode", ["zero", "reflect", "replicate"])
+def test_trained_peptide_heads_in_sequence_mode(pad_mode):
+    """1-D mode on real peptides: one sequence a frame, no line buffer, 8 signed channels."""
+    x_train, y_train, x_test, y_test, dims, channels, scale = H.load_task("amp")
+    space = H.HeadSpace(1, channels, 3)
+    dist = H.TapDistribution.from_offsets(space, H.OffsetDistribution("student-t", scale=1.0, dof=1.5))
+    mask = dist.sample_mask(np.random.default_rng(2), 4, H.TapCount("constant", 3))
+    params, mask, _ = H.train(H.patches(x_train * scale, space), y_train, mask, 2, epochs=4)
+    export = H.quantise(params, mask, space, x_train, input_scale=scale)
+    dut = HeadLayer(reach=3, in_channels=channels, heads=4, lanes=2, capacity=3, max_width=48, signed=True,
+                    sequence=True)
+    assert dut.line_buffer_bits == 0 and not hasattr(dut, "height")
+    sequences = [x_test[i].T[:24].astype(np.int8) for i in range(3)]               # [24, 8]
+    layout = dut.i_stream.payload.shape()
+    words = sequence_words(layout, sequences)
+    received, state = [], {}
+
+    async def send(ctx):
+        ctx.set(dut.width, 24)
+        ctx.set(dut.pad_mode, PadMode[pad_mode.upper()])
+        await load_table(ctx, dut, table_writes(export))
+        await stream_send(ctx, dut.i_stream, words, pattern="random", seed=4)
+
+    async def receive(ctx):
+        received.extend(await stream_receive(ctx, dut.o_stream, len(words), pattern="random", seed=5,
+                                             raw=True))
+        ctx.set(dut.o_stream.ready, 1)
+        for _ in range(40):
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid), "extra output"
+        for name in COUNTERS:
+            state[name] = ctx.get(getattr(dut, name))
+        state["errors"] = ctx.get(Value.cast(dut.errors))
+
+    run_simulation(dut, [send, receive], deadline_cycles=20000)
+    got = unpack(dut.o_stream.payload.shape(), received)
+    totals = dict.fromkeys(("cycles", "performed", "padding"), 0)
+    for index, seq in enumerate(sequences):
+        acc, counters = H.sequence_heads(export, seq, pad_mode=pad_mode, lanes=2)
+        np.testing.assert_array_equal(got["data"][index * 24:(index + 1) * 24], acc)
+        for name in totals:
+            totals[name] += counters[name]
+        if pad_mode == "zero":
+            np.testing.assert_array_equal(acc.T, H.head_accumulators(export, seq.T[None].astype(np.int64))[0])
+    assert state["errors"] == 0
+    assert (state["cycles"], state["performed"], state["skipped_padding"]) == \
+        (totals["cycles"], totals["performed"], totals["padding"])
