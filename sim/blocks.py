@@ -240,18 +240,19 @@ BLOCKS = {block.name: block for block in [
             "max_width":   (64, "largest frame width"),
             "max_height":  (64, "largest frame height"),
             "signed":      (False, "signed 8-bit inputs (feature maps, peptide codes)"),
+            "sequence":    (False, "1-D mode: one sequence a frame, a shift-register window, no line buffer"),
             "requantize":  (False, "int8 results (multiplier, shift)"),
         },
         testbench="dynsparse.sim.tb.tb_headlayer",
         test_variants={
             # task: the real data of the trained-heads test; frame: [height, width] of every frame
-            # (peptides: one sequence per row).
+            # (peptides: 1-D mode, one sequence of 20 positions a frame).
             "digits": {"block": {"reach": 2, "in_channels": 1, "heads": 6, "lanes": 2, "capacity": 5,
                                  "max_width": 16, "max_height": 16},
                        "task": "digits", "frame": [8, 8]},
             "peptides": {"block": {"reach": 3, "in_channels": 8, "heads": 4, "lanes": 3, "capacity": 4,
-                                   "max_width": 32, "max_height": 8, "signed": True, "requantize": True},
-                         "task": "amp", "frame": [4, 20], "simulators": ["verilator"]},
+                                   "max_width": 32, "signed": True, "sequence": True, "requantize": True},
+                         "task": "amp", "frame": [1, 20], "simulators": ["icarus", "verilator"]},
         },
     ),
     Block(

@@ -26,22 +26,27 @@ OUTPUT_LAYOUT = BLOCK.o_stream.payload.shape()
 TAP_LAYOUT = BLOCK.write_tap.shape()
 N = BLOCK.reach
 SIGNED = PARAMS["block"].get("signed", False)
+SEQUENCE = BLOCK.sequence           # 1-D mode: a frame is one sequence [L, C]
+DIMS = 1 if SEQUENCE else 2
 PAD_MODES = ("zero", "replicate", "reflect")
 COUNTERS = {"cycles": "cycles", "performed": "performed", "skipped_padding": "padding"}
 
 
 def random_frame(rng, height, width):
+    if SEQUENCE:
+        height = 1
     if SIGNED:
         return rng.integers(-128, 128, (height, width, BLOCK.in_channels)).astype(np.int8)
     return rng.integers(0, 256, (height, width, BLOCK.in_channels)).astype(np.uint8)
 
 
 def random_export(rng, kind="normal"):
-    space = H.HeadSpace(2, BLOCK.in_channels, N)
+    space = H.HeadSpace(DIMS, BLOCK.in_channels, N)
     dist = H.TapDistribution.from_offsets(space, H.OffsetDistribution(kind, scale=max(N / 2, 0.5)))
     mask = dist.sample_mask(rng, BLOCK.heads, H.TapCount("uniform", 1, high=BLOCK.capacity))
     params_ = H.init_params(mask, 2, seed=int(rng.integers(1 << 30)))
-    return H.quantise(params_, mask, space, rng.integers(0, 17, (4, BLOCK.in_channels, 8, 8)), input_scale=1 / 16)
+    return H.quantise(params_, mask, space, rng.integers(0, 17, (4, BLOCK.in_channels) + (8,) * DIMS),
+                      input_scale=1 / 16)
 
 
 def trained_export():
@@ -58,6 +63,8 @@ def trained_export():
     height, width = PARAMS["frame"]
     if dims == 2:
         frames = [x_test[i, 0][:height, :width, None].astype(np.uint8) for i in range(2)]
+    elif SEQUENCE:  # one sequence a frame
+        frames = [x_test[i].T[None, :width].astype(np.int8) for i in range(3)]
     else:           # one sequence per row
         frames = [np.transpose(x_test[i * height:(i + 1) * height, :, :width], (0, 2, 1)).astype(np.int8)
                   for i in range(2)]
@@ -92,7 +99,9 @@ async def check_frames(dut, tb, export, frames, *, pad_mode, src, sink, seed, re
     height, width, _ = frames[0].shape
     dut.pad_mode.value = PAD_MODES.index(pad_mode)
     dut.dense.value = 0
-    dut.width.value, dut.height.value = width, height
+    dut.width.value = width
+    if not SEQUENCE:
+        dut.height.value = height
     for name in ("tap_write", "count_write", "mask_write", "clear_counters", "clear_errors"):
         getattr(dut, name).value = 0
     if BLOCK._requantize:
@@ -123,8 +132,12 @@ async def check_frames(dut, tb, export, frames, *, pad_mode, src, sink, seed, re
     totals = dict.fromkeys(COUNTERS.values(), 0)
     size = height * width
     for index, frame in enumerate(frames):
-        lists = H.tap_lists(export, height=height, width=width)
-        acc, counters = sparse_conv(frame, lists, kernel_size=2 * N + 1, pad_mode=pad_mode, lanes=BLOCK.lanes)
+        if SEQUENCE:
+            acc, counters = H.sequence_heads(export, frame[0], pad_mode=pad_mode, lanes=BLOCK.lanes)
+        else:
+            lists = H.tap_lists(export, height=height, width=width)
+            acc, counters = sparse_conv(frame, lists, kernel_size=2 * N + 1, pad_mode=pad_mode,
+                                        lanes=BLOCK.lanes)
         if BLOCK._requantize:
             m, s = requant if requant else (int(export["multiplier"]), int(export["shift"]))
             acc = requantize(acc, multiplier=m, shift=s)
@@ -161,7 +174,9 @@ async def random_heads_under_stalls(dut, src, sink):
 @cocotb.test()
 async def offsets_at_the_window_edges(dut):
     """Taps at the window's corners and edge middles, ±127 weights, full-scale pixels."""
-    edges = [(-N, -N), (-N, N), (N, -N), (N, N), (0, -N), (0, N), (-N, 0), (N, 0)]
+    edges = ([(0, -N), (0, N), (0, -N + 1), (0, N - 1), (0, 0)] if SEQUENCE else
+             [(-N, -N), (-N, N), (N, -N), (N, N), (0, -N), (0, N), (-N, 0), (N, 0)])
+    edges = list(dict.fromkeys(edges))
     heads, cap = BLOCK.heads, BLOCK.capacity
     count = np.full(heads, min(cap, len(edges)))
     oy, ox, ci, weight = (np.zeros((heads, count[0]), np.int64) for _ in range(4))
@@ -170,7 +185,7 @@ async def offsets_at_the_window_edges(dut):
             oy[h, i], ox[h, i] = edges[(h + i) % len(edges)]
             ci[h, i] = (h + i) % BLOCK.in_channels
             weight[h, i] = 127 if (h + i) % 2 else -127
-    export = {"version": 1, "dims": 2, "channels": BLOCK.in_channels, "reach": N, "count": count, "ci": ci,
+    export = {"version": 1, "dims": DIMS, "channels": BLOCK.in_channels, "reach": N, "count": count, "ci": ci,
               "oy": oy, "ox": ox, "weight": weight, "bias": np.zeros(heads, np.int64), "multiplier": 1,
               "shift": 0, "out": np.ones((2, heads), np.int64), "out_b": np.zeros(2, np.int64), "positions": 1}
     H.check_export(export)
@@ -178,7 +193,7 @@ async def offsets_at_the_window_edges(dut):
     rng = np.random.default_rng(3)
     high = 127 if SIGNED else 255
     low = -128 if SIGNED else 0
-    frame = np.where(rng.random((height, width, BLOCK.in_channels)) < 0.5, high, low)
+    frame = np.where(rng.random((1 if SEQUENCE else height, width, BLOCK.in_channels)) < 0.5, high, low)
     frame = frame.astype(np.int8 if SIGNED else np.uint8)
     tb = TB(dut)
     for pad_mode in ("zero", "reflect"):
