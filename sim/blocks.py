@@ -228,6 +228,16 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="seqwindow",
+        component="hdl.sequence:SequenceWindow",
+        summary="1×K window around every position of a sequence, on a shift register (the heads' 1-D mode)",
+        parameters={
+            "kernel_size": (7, "window size K (odd)"),
+            "channels":    (8, "values per position"),
+            "max_length":  (64, "longest sequence"),
+        },
+    ),
+    Block(
         name="headlayer",
         component="hdl.heads:HeadLayer",
         summary="sampled-offset heads (seed 004): window of reach n, run-time head table, sparse-tap engine",

@@ -232,3 +232,20 @@ async def bad_table_writes(dut):
         dut.clear_errors.value = 0
         await RisingEdge(tb.clock)
         assert int(dut.errors.value) == 0
+
+
+@cocotb.test()
+async def real_image(dut):
+    """A crop of scikit-image's ``camera`` (in 1-D mode: its rows as sequences), random heads, replicate
+    padding, random stalls."""
+    from dynsparse.golden.images import real_image as load_image
+    height, width = PARAMS["frame"]
+    rng = np.random.default_rng(41)
+    image = load_image("camera", size=(max(height, 2), width)).astype(np.int16)
+    if SIGNED:
+        image = image - 128
+    image = np.repeat(image[:, :, None], BLOCK.in_channels, axis=2)
+    frames = [image[i:i + 1] for i in range(2)] if SEQUENCE else [image[:height]]
+    frames = [f.astype(np.int8 if SIGNED else np.uint8) for f in frames]
+    await check_frames(dut, TB(dut), random_export(rng), frames, pad_mode="replicate", src="random", sink="random",
+                       seed=43)
