@@ -85,6 +85,13 @@ def _verilator_environment():
         flags = os.environ.get("MAKEFLAGS", "")
         if "CFG_CXXFLAGS_PCH_I" not in flags:
             os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    # The C++ compile dominates a Verilator test. -O1 instead of verilated.mk's -Os compiles the
+    # model faster and runs it faster too: headlayer digits 114 s -> 75 s, spnloop f8s4k3
+    # 168 s -> 134 s, build and run (-O0 compiles faster still but runs long models slower).
+    # A user's own OPT_FAST in MAKEFLAGS wins.
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "OPT_FAST" not in flags:
+        os.environ["MAKEFLAGS"] = (flags + " OPT_FAST=-O1").strip()
     return True
 
 

