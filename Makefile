@@ -17,7 +17,7 @@ install:
 	$(DYNSPARSE) setup
 
 test:
-	$(PYTHON) -m pytest -n auto --durations=10
+	$(PYTHON) -m pytest -n auto --dist worksteal --durations=10
 
 verilog:
 	$(DYNSPARSE) verilog $(if $(BLOCK),--block $(BLOCK)) $(ARGS)

