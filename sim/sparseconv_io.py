@@ -13,7 +13,7 @@ from ..golden.padmask import BANDS, mask_layout
 from ..golden.window import windows
 
 
-__all__ = ["pack_nested", "window_words", "tap_list_words", "mask_writes", "frame_marks"]
+__all__ = ["pack_nested", "window_words", "tap_list_words", "lane_beat_words", "mask_writes", "frame_marks"]
 
 
 def pack_nested(layout, fields, count):
@@ -81,6 +81,16 @@ def tap_list_words(layout, lists):
     first, last = frame_marks(count)
     return pack_nested(layout, {"lists": per_channel, "x": xs.ravel(), "y": ys.ravel(),
                                 "first": first, "last": last}, count)
+
+
+def lane_beat_words(layout, beats):
+    """Flat beat payloads of :func:`dynsparse.golden.laneconv.lane_beats` (``LaneConv``'s ``i_taps``)."""
+    count = len(beats["end"])
+    lanes = beats["valid"].shape[1]
+    entries = [{name: beats[name][:, j] for name in ("valid", "flush", "slot", "ci", "dy", "dx", "weight")}
+               for j in range(lanes)]
+    return pack_nested(layout, {"lanes": entries, **{name: beats[name] for name in
+                                                     ("end", "first", "last", "pruned", "zero")}}, count)
 
 
 def mask_writes(mask, width, height, *, kernel_size, block_size):
