@@ -118,8 +118,7 @@ class LaneConv(wiring.Component):
     taken, the cycles from the first window accepted to the last result offered are
     :meth:`timeline` (:func:`dynsparse.golden.laneconv.lane_cycles`): :attr:`latency`
     plus one per beat after the first. ``o_stream`` may stall at any cycle; the beats
-    stop only when a finished position finds the finished slot and the output
-    register taken.
+    stop only when a position ends while both finished slots are taken.
 
     Raises
     ------
@@ -443,7 +442,7 @@ class LaneConv(wiring.Component):
             with m.Else():
                 m.d.sync += counter.eq(counter + increment)
 
-        # -------- results: collected per channel, one finished slot, the output register ---------
+        # -------- results: collected per channel, two finished slots, the output register --------
         data_shape = self.o_stream.payload.data[0].shape()
         collected = [Signal(data_shape, name=f"collected_{co}", reset_less=True) for co in range(c_out)]
         merged = []
@@ -451,33 +450,44 @@ class LaneConv(wiring.Component):
             j, s = co % lanes, co // lanes
             hit = result_valid[j] & (result_slot[j] == s) if slots > 1 else result_valid[j]
             merged.append(Mux(hit, results[j], collected[co]))
-        finished = [Signal(data_shape, name=f"finished_{co}", reset_less=True) for co in range(c_out)]
-        finished_valid = Signal()
-        give = Signal()
+        # Two finished slots, the oldest in slot 0: the stall looks at the slots' count only
+        # (registers), not at o_stream.ready, so no path runs from the output's ready to every
+        # register's enable; with results taken every cycle one slot is in use.
+        slots = 2
+        finished = [[Signal(data_shape, name=f"finished_{n}_{co}", reset_less=True) for co in range(c_out)]
+                    for n in range(slots)]
+        finished_meta = [Signal(meta_layout, name=f"finished_meta_{n}", reset_less=True) for n in range(slots)]
+        finished_count = Signal(range(slots + 1))
+        give, arrive = Signal(), Signal()
+        free_slot = Signal(range(slots + 1))
         m.d.comb += [
-            give.eq((~self.o_stream.valid | self.o_stream.ready) & finished_valid),
-            advance.eq(~(position_last & finished_valid & ~give)),
+            give.eq((~self.o_stream.valid | self.o_stream.ready) & (finished_count != 0)),
+            advance.eq(~(position_last & (finished_count == slots))),
+            arrive.eq(advance & position_last),
+            free_slot.eq(finished_count - give),
         ]
         with m.If(advance):
             with m.If(position_last):
                 m.d.sync += [collected[co].eq(0) for co in range(c_out)]
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
-        with m.If(advance & position_last):
-            m.d.sync += [finished_valid.eq(1)] + [finished[co].eq(merged[co]) for co in range(c_out)]
-        with m.Elif(give):
-            m.d.sync += finished_valid.eq(0)
-        finished_meta = Signal(meta_layout, reset_less=True)
-        with m.If(advance & position_last):
-            m.d.sync += finished_meta.eq(result_meta)
+        for n in range(slots):
+            with m.If(arrive & (free_slot == n)):
+                m.d.sync += [finished[n][co].eq(merged[co]) for co in range(c_out)]
+                m.d.sync += finished_meta[n].eq(result_meta)
+            if n + 1 < slots:
+                with m.Elif(give):
+                    m.d.sync += [finished[n][co].eq(finished[n + 1][co]) for co in range(c_out)]
+                    m.d.sync += finished_meta[n].eq(finished_meta[n + 1])
+        m.d.sync += finished_count.eq(finished_count + arrive - give)
         with m.If(give):
             out = self.o_stream.payload
-            m.d.sync += [self.o_stream.valid.eq(1), out.data.eq(Cat(*finished)),
-                         out.x.eq(finished_meta.x), out.y.eq(finished_meta.y),
-                         out.first.eq(finished_meta.first), out.last.eq(finished_meta.last)]
+            m.d.sync += [self.o_stream.valid.eq(1), out.data.eq(Cat(*finished[0])),
+                         out.x.eq(finished_meta[0].x), out.y.eq(finished_meta[0].y),
+                         out.first.eq(finished_meta[0].first), out.last.eq(finished_meta[0].last)]
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
-        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, finished_valid, self.o_stream.valid,
+        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, finished_count != 0, self.o_stream.valid,
                                      *in_flight).any())
         return m
