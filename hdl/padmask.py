@@ -173,21 +173,25 @@ class PaddingMask(wiring.Component):
                 m.d.comb += [reader.addr.eq(address + half), reader.en.eq(self.lookup)]
                 stales.append(registered(unwritten.bit_select(address + half, 1), f"unwritten_{name}{half}"))
                 halves.append(reader.data)
-            offset = registered(base[:word_shift], f"offset_{name}")
-            windows.append((Cat(*halves), stales, offset))
+            windows.append((Cat(*halves), stales, base[:word_shift], name))
 
         pad = registered(self.pad.as_value(), "pad")
-        column_phase = registered(self.x[:shift] if shift else C(0, 1), "column_phase")
-        row_phase = registered(y_lifted[:shift] if shift else C(0, 1), "row_phase")
+        column_phase = self.x[:shift] if shift else C(0, 1)
+        row_phase = y_lifted[:shift] if shift else C(0, 1)
+
+        indices = {}
 
         def pick(band, phase, distance):
-            # One multiplexer from the read data to the bit: its index (and whether the word
-            # is unwritten) come from registers only, while the RAM is read. (Selecting the
+            # One multiplexer from the read data to the bit, and its index (and whether the word
+            # is unwritten) in a register, computed while the RAM is read. (Selecting the
             # band's spread first and the element's bit after doubled the logic behind the
-            # RAM, whose clock-to-output is 5.6 ns on ECP5.)
-            raw, stales, offset = band
-            index = Signal(word_shift + 1, name="mask_index")
-            m.d.comb += index.eq(offset + ((phase + distance) >> shift))
+            # RAM, whose clock-to-output is 5.6 ns on ECP5; an index added up after the RAM
+            # was the UP5K's critical path.)
+            raw, stales, offset, name = band
+            if (name, distance) not in indices:
+                indices[name, distance] = registered((offset + ((phase + distance) >> shift))[:word_shift + 1],
+                                                     f"index_{name}_{distance}")
+            index = indices[name, distance]
             return raw.bit_select(index, 1) | Mux(index[word_shift], stales[1], stales[0])
 
         top, bottom, left, right = windows
