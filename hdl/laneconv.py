@@ -358,6 +358,7 @@ class LaneConv(wiring.Component):
         e1_end = register(done, "e1_end", reset_less=False)
         e1_listed = [register(listed[j] & step, f"e1_listed{j}", reset_less=False) for j in range(lanes)]
         e1_active = [register(active[j] & step, f"e1_active{j}", reset_less=False) for j in range(lanes)]
+        e1_padding = [register(padding[j] & step, f"e1_padding{j}", reset_less=False) for j in range(lanes)]
         e1_entry = [tap_shape(register(beat.lanes[j].as_value(), f"e1_entry{j}")) for j in range(lanes)]
         e1_pixels = pixels_layout(register(w_pixels, "e1_pixels"))
         e1_meta = register(w_meta.as_value(), "e1_meta")
@@ -419,21 +420,19 @@ class LaneConv(wiring.Component):
         result_meta = meta_layout(result_meta)
 
         # -------- counters -----------------------------------------------------------------------
-        # MACs are counted as their step leaves stage 1; a beat's skip counts are registered
-        # and added the cycle after.
+        # MACs and padding skips are counted as their step leaves stage 1; a beat's pruned and
+        # zero counts are registered and added the cycle after.
         counted = Signal()
         beat_pruned, beat_zero = Signal.like(beat.pruned), Signal.like(beat.zero)
-        beat_padding = Signal(range(lanes + 1))
         m.d.sync += counted.eq(step & ~cut)
         with m.If(step & ~cut):
-            m.d.sync += [beat_pruned.eq(beat.pruned), beat_zero.eq(beat.zero),
-                         beat_padding.eq(_sum(padding))]
+            m.d.sync += [beat_pruned.eq(beat.pruned), beat_zero.eq(beat.zero)]
         increments = {
             "cycles":          step,
             "performed":       Mux(advance, _sum(e1_active), 0),
             "skipped_pruned":  Mux(counted, beat_pruned, 0),
             "skipped_zero":    Mux(counted, beat_zero, 0),
-            "skipped_padding": Mux(counted, beat_padding, 0),
+            "skipped_padding": Mux(advance, _sum(e1_padding), 0),
         }
         for name, increment in increments.items():
             counter = getattr(self, name)

@@ -27,6 +27,7 @@ from ..golden.sparseconv import (
     FINISHED_SLOTS, QUEUE_DEPTH, conv_float, dense_tap_lists, engine_cycles, expand_tiles, sparse_conv,
     tap_densities, tap_densities_float, tap_lists,
 )
+from ..golden.laneconv import lane_cycles
 from .schedule import decoupled_cycles, flat_cycles, flat_empty_free_cycles, fluid_cycles, walker_cycles
 
 
@@ -178,6 +179,14 @@ def bench_image(name, *, thresholds, lanes, tile_sizes=(1,), ref_std=24.0, pad_m
                     "balanced_cycles": balanced,
                     "balanced_fraction_of_ideal": dense_cycles[lane] / balanced / ideal,
                 }
+                # the compact engine (LaneConv): one beat a cycle, every listed entry a lane slot
+                compact = lane_cycles(lists.count.reshape(-1, c_out), lanes=lane)
+                compact_dense = lane_cycles(np.full((height * width, c_out), weights[0].size), lanes=lane)
+                row["lanes"][str(lane)]["compact"] = {
+                    "dense_cycles": compact_dense, "sparse_cycles": compact,
+                    "speedup": compact_dense / compact,
+                    "fraction_of_rate_bounded_ideal": compact_dense / compact / min(ideal, floor),
+                }
                 if tile == 1 and schedule_depths:
                     row["lanes"][str(lane)]["schedule_models"] = _schedule_models(
                         counts, lists, lane, dense_cycles[lane], sparse, min(ideal, floor), schedule_depths,
@@ -256,6 +265,27 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
                       f"{figures['balanced_fraction_of_ideal']:.0%}"]
         cells += [f"{row['error_vs_float_scaled']:.4f}", f"{row['error_vs_float_same_pruning']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if all("compact" in row["lanes"][str(lane)] for row in rows for lane in lanes):
+        lines += ["", "### The compact engine (`LaneConv`)", "",
+                  "The same cases on `LaneConv` (`hdl/laneconv.py`, docs/laneconv.md), whose tap entries "
+                  "arrive laid out on the lanes, one beat a cycle: a position takes `max(1, max_j "
+                  "entries of lane j)` beats (`golden.laneconv.lane_cycles`, which the RTL matches cycle "
+                  "for cycle), every position at least one, and a listed entry that reads excluded padding "
+                  "keeps its lane slot. *flat*: `SparseConv` (above). Fractions are of the bounded ideal.",
+                  ""]
+        header = ["image", "T", "threshold", "ideal"]
+        for lane in lanes:
+            header += [f"L={lane} flat speedup", f"L={lane} flat", f"L={lane} compact speedup",
+                       f"L={lane} compact"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            cells = [row["image"], str(row["tile_size"]), str(row["prune_threshold"]),
+                     f"{row['ideal_speedup']:.2f}×"]
+            for lane in lanes:
+                flat, compact = row["lanes"][str(lane)], row["lanes"][str(lane)]["compact"]
+                cells += [f"{flat['speedup']:.2f}×", f"{flat['fraction_of_rate_bounded_ideal']:.0%}",
+                          f"{compact['speedup']:.2f}×", f"{compact['fraction_of_rate_bounded_ideal']:.0%}"]
+            lines.append("| " + " | ".join(cells) + " |")
     modelled = [row for row in rows if any("schedule_models" in f for f in row["lanes"].values())]
     if modelled:
         names = list(next(f for f in modelled[0]["lanes"].values() if "schedule_models" in f)["schedule_models"])

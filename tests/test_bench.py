@@ -23,10 +23,18 @@ def test_bench_figures_are_consistent():
         for figures in row["lanes"].values():
             assert figures["sparse_cycles"] <= figures["dense_cycles"]
             assert figures["fraction_of_ideal"] <= 1.0 + 1e-12
+            compact = figures["compact"]
+            assert compact["sparse_cycles"] <= compact["dense_cycles"]
+            assert compact["fraction_of_rate_bounded_ideal"] <= 1.0 + 1e-12
+        # the compact engine: a beat a cycle, its latency 7
+        assert row["lanes"]["8"]["compact"]["dense_cycles"] == 24 * 24 * 9 + 6
+        assert row["lanes"]["2"]["compact"]["dense_cycles"] == 24 * 24 * 4 * 9 + 6
     everything = [row for row in rows if row["prune_threshold"] == 511]
     assert all(row["performed_macs"] == 0 for row in everything)
     # empty positions: one a cycle, each given out 3 cycles after it was accepted
     assert all(row["lanes"]["8"]["sparse_cycles"] == 24 * 24 + 3 for row in everything)
+    # on the compact engine an empty position is one beat
+    assert all(row["lanes"]["8"]["compact"]["sparse_cycles"] == 24 * 24 + 6 for row in everything)
     assert np.all(skip_maps[511] == 1.0)
     # zero padding: the border's padding taps are skipped at threshold 0
     assert rows[0]["skipped_padding"] > 0
