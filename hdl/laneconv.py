@@ -409,6 +409,8 @@ class LaneConv(wiring.Component):
         results = accumulators
         result_valid, result_slot = acc_flush, acc_slot
         position_last, result_meta = acc_end, acc_meta
+        # what position_last will be in the next cycle (for the registered stall below)
+        position_last_next = Mux(advance, e2_step & e2_end, acc_end)
         if self._requantize:
             results, delayed, valids = requantize_stages(
                 m, advance, results, self.multiplier, self.shift,
@@ -417,6 +419,7 @@ class LaneConv(wiring.Component):
             result_valid = delayed[2:2 + lanes]
             result_slot = delayed[2 + lanes:]
             in_flight += valids
+            position_last_next = Mux(advance, valids[-2], position_last)
         result_meta = meta_layout(result_meta)
 
         # -------- counters -----------------------------------------------------------------------
@@ -458,10 +461,11 @@ class LaneConv(wiring.Component):
         finished_meta = [Signal(meta_layout, name=f"finished_meta_{n}", reset_less=True) for n in range(slots)]
         finished_count = Signal(range(slots + 1))
         give, arrive = Signal(), Signal()
+        stall = Signal()
         free_slot = Signal(range(slots + 1))
         m.d.comb += [
             give.eq((~self.o_stream.valid | self.o_stream.ready) & (finished_count != 0)),
-            advance.eq(~(position_last & (finished_count == slots))),
+            advance.eq(~stall),
             arrive.eq(advance & position_last),
             free_slot.eq(finished_count - give),
         ]
@@ -478,7 +482,12 @@ class LaneConv(wiring.Component):
                 with m.Elif(give):
                     m.d.sync += [finished[n][co].eq(finished[n + 1][co]) for co in range(c_out)]
                     m.d.sync += finished_meta[n].eq(finished_meta[n + 1])
-        m.d.sync += finished_count.eq(finished_count + arrive - give)
+        count_next = Signal.like(finished_count)
+        m.d.comb += count_next.eq(finished_count + arrive - give)
+        m.d.sync += finished_count.eq(count_next)
+        # advance = ~(position_last & (finished_count == slots)), both registers: computed a
+        # cycle ahead into a register, so the engine-wide enable leaves a flip-flop
+        m.d.sync += stall.eq(position_last_next & (count_next == slots))
         with m.If(give):
             out = self.o_stream.payload
             m.d.sync += [self.o_stream.valid.eq(1), out.data.eq(Cat(*finished[0])),
