@@ -134,8 +134,11 @@ class PaddingMask(wiring.Component):
         # above the frame give a negative block, but those elements are in the top band).
         lift = self._block_size * -(-r // self._block_size)
         y_lifted = self.y + (lift - r)
-        column_base = self.x >> shift
-        row_base = (y_lifted >> shift) - lift // self._block_size
+        # base + WORD_BITS (below) as one addition of a constant before the shift
+        # (((v >> b) + c) = ((v + c·B) >> b) for an integer c): one carry chain from x or y
+        # to each RAM address instead of three in a row
+        column_offset = WORD_BITS << shift
+        row_offset = (lift - r) + ((WORD_BITS - lift // self._block_size) << shift)
 
         def registered(value, name):
             reg = Signal.like(value, name=name, reset_less=True)
@@ -165,13 +168,18 @@ class PaddingMask(wiring.Component):
             ]
             with m.If(self.write & in_range & (self.band == number)):
                 m.d.sync += unwritten.bit_select(word, 1).eq(0)
-            base = ((column_base if number < 2 else row_base) + WORD_BITS)[:self.index_width + word_shift]
-            address = base >> word_shift
+            coordinate, offset = (self.x, column_offset) if number < 2 else (self.y, row_offset)
+            base = ((coordinate + offset) >> shift)[:self.index_width + word_shift]
+            # the two words' addresses, each one addition of a constant away from x or y (the
+            # second word is base + WORD_BITS)
+            addresses = [base >> word_shift,
+                         ((coordinate + (offset + (WORD_BITS << shift))) >> shift)
+                         [:self.index_width + word_shift + 1] >> word_shift]
             halves, stales = [], []
             for half in range(2):
                 reader = memory.read_port(domain="sync")
-                m.d.comb += [reader.addr.eq(address + half), reader.en.eq(self.lookup)]
-                stales.append(registered(unwritten.bit_select(address + half, 1), f"unwritten_{name}{half}"))
+                m.d.comb += [reader.addr.eq(addresses[half]), reader.en.eq(self.lookup)]
+                stales.append(registered(unwritten.bit_select(addresses[half], 1), f"unwritten_{name}{half}"))
                 halves.append(reader.data)
             windows.append((Cat(*halves), stales, base[:word_shift], name))
 
