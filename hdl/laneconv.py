@@ -3,17 +3,14 @@
 import operator
 
 from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, wiring
 
 from ..golden.laneconv import LANE_LATENCY, lane_cycles, lane_slots, lane_steps
-from ..golden.sparseconv import MULTIPLIER_MAX, SHIFT_MAX, accumulator_width
-from .frame import check_int, check_shape, coord_width
-from .padmask import PaddingMask
+from ..golden.sparseconv import accumulator_width
+from .frame import check_int
 from .requant import REQUANT_STAGES, requantize_stages
-from .sparseconv import COUNTER_BITS, SparseConvErrors, _sum, _tree
+from .sparseconv import _ConvEngine, _sum, _tree
 from .taps import index_width
-from .window import PadMode, window_layout
 
 
 __all__ = ["lane_beat_layout", "LaneConv"]
@@ -47,7 +44,7 @@ def lane_beat_layout(*, kernel_size, in_channels, out_channels, lanes):
     })
 
 
-class LaneConv(wiring.Component):
+class LaneConv(_ConvEngine, wiring.Component):
     """Convolution over tap entries streamed per lane: the compact engine for small FPGAs.
 
     The same convolution as :class:`~dynsparse.hdl.sparseconv.SparseConv`
@@ -129,68 +126,11 @@ class LaneConv(wiring.Component):
     def __init__(self, *, kernel_size=3, in_channels=1, out_channels=8, lanes=8,
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
                  requantize=False):
-        self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
-        self._in_channels  = check_int("input channel count", in_channels, minimum=1)
-        self._out_channels = check_int("output channel count", out_channels, minimum=1)
-        self._lanes        = check_int("lane count", lanes, minimum=1, maximum=out_channels)
-        self._pixel_shape  = check_shape("pixel shape", pixel_shape)
-        if self._pixel_shape not in (unsigned(8), signed(8)):
-            raise ValueError(f"pixel shape must be unsigned(8) or signed(8), not {pixel_shape!r}")
-        self._max_width    = check_int("maximum width", max_width, minimum=1, maximum=65536)
-        self._max_height   = check_int("maximum height", max_height, minimum=1, maximum=65536)
-        self._block_size   = check_int("block size", block_size, minimum=1, maximum=64)
-        if block_size & (block_size - 1):
-            raise ValueError(f"block size must be a power of two in [1, 64], not {block_size!r}")
-        if not isinstance(requantize, bool):
-            raise TypeError(f"requantize must be a bool, not {requantize!r}")
-        self._requantize = requantize
-        self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
-                                 max_width=max_width, max_height=max_height)
-
-        result_shape = signed(8) if requantize else signed(self.accumulator_width)
-        output_layout = data.StructLayout({
-            "data":  data.ArrayLayout(result_shape, out_channels),
-            "x":     unsigned(coord_width(max_width)),
-            "y":     unsigned(coord_width(max_height)),
-            "first": unsigned(1),
-            "last":  unsigned(1),
-        })
-        ports = {
-            "i_window": In(stream.Signature(window_layout(
-                kernel_size=kernel_size, channels=in_channels, pixel_shape=self._pixel_shape,
-                max_width=max_width, max_height=max_height))),
-            "i_taps":   In(stream.Signature(lane_beat_layout(
-                kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels, lanes=lanes))),
-            "o_stream": Out(stream.Signature(output_layout)),
-            "pad_mode": In(PadMode),
-            "dense":    In(1),
-            "width":    In(range(max_width + 1), init=max_width),
-            "height":   In(range(max_height + 1), init=max_height),
-            "mask_write": In(1),
-            "mask_band":  In(2),
-            "mask_index": In(self._mask.index_width),
-            "mask_value": In(1),
-            **{name: Out(COUNTER_BITS) for name in
-               ("cycles", "performed", "skipped_pruned", "skipped_zero", "skipped_padding")},
-            "clear_counters": In(1),
-            "errors":       Out(SparseConvErrors),
-            "clear_errors": In(1),
-            "busy":         Out(1),
-        }
-        if requantize:
-            ports["multiplier"] = In(range(MULTIPLIER_MAX + 1))
-            ports["shift"] = In(range(SHIFT_MAX + 1))
-        super().__init__(ports)
-
-    kernel_size  = property(lambda self: self._kernel_size)
-    in_channels  = property(lambda self: self._in_channels)
-    out_channels = property(lambda self: self._out_channels)
-    lanes        = property(lambda self: self._lanes)
-    pixel_shape  = property(lambda self: self._pixel_shape)
-    max_width    = property(lambda self: self._max_width)
-    max_height   = property(lambda self: self._max_height)
-    block_size   = property(lambda self: self._block_size)
-    requantize   = property(lambda self: self._requantize)
+        self._check_parameters(kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels,
+                               lanes=lanes, pixel_shape=pixel_shape, max_width=max_width,
+                               max_height=max_height, block_size=block_size, requantize=requantize)
+        super().__init__(self._ports(lane_beat_layout(
+            kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels, lanes=lanes)))
 
     @property
     def slots(self):
@@ -233,74 +173,11 @@ class LaneConv(wiring.Component):
 
         advance = Signal()          # every stage moves; 0 only when a result cannot be kept
 
-        errors = Signal(SparseConvErrors)
-        raised = Signal(SparseConvErrors)
-        m.d.comb += self.errors.eq(errors)
-        with m.If(self.clear_errors):
-            m.d.sync += errors.eq(raised)
-        with m.Else():
-            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
-
-        # -------- padding mask and the two window registers (as SparseConv) ----------------------
-        m.submodules.mask = mask = self._mask
-        m.d.comb += [
-            mask.write.eq(self.mask_write), mask.band.eq(self.mask_band),
-            mask.index.eq(self.mask_index), mask.value.eq(self.mask_value),
-            mask.width.eq(self.width), mask.height.eq(self.height),
-            raised.bad_mask_write.eq(mask.bad_write),
-            mask.x.eq(window.payload.x), mask.y.eq(window.payload.y), mask.pad.eq(window.payload.pad),
-            mask.lookup.eq(1),
-        ]
-        frame_mode, frame_dense = Signal(PadMode), Signal()
-        mode = Mux(window.payload.first, self.pad_mode, frame_mode)
-        dense = Mux(window.payload.first, self.dense, frame_dense)
-        pixels_layout = window.payload.shape()["data"].shape
-        pixels_width = pixels_layout.size       # flat registers (see SparseConv: ABC9 wire names)
-        w0_valid, w1_valid = Signal(), Signal()
-        w0_pixels = Signal(pixels_width, reset_less=True)
-        w0_pad = Signal(k * k, reset_less=True)
-        w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
-        w0_meta = Signal(meta_layout, reset_less=True)
-        w_pixels = Signal(pixels_width, reset_less=True)
-        w_excluded = Signal(k * k, reset_less=True)
-        w_meta = Signal(meta_layout, reset_less=True)
+        raised = self._error_flags(m)
         done = Signal()                         # the front's position takes its last step
-        move = Signal()                         # W0 → W1
-        m.d.comb += [
-            move.eq(w0_valid & (~w1_valid | done)),
-            window.ready.eq((~w0_valid | move) & ~self.mask_write),
-        ]
-        looked = Signal()
-        w0_excluded = Signal(k * k, reset_less=True)
-        excluded = Signal(k * k)
-        m.d.sync += looked.eq(window.valid & window.ready)
-        m.d.comb += excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
-                                    for dy in range(k) for dx in range(k)))
-        with m.If(looked):
-            m.d.sync += w0_excluded.eq(excluded)
-        with m.If(window.valid & window.ready):
-            m.d.sync += [
-                w0_valid.eq(1),
-                w0_pixels.eq(window.payload.data),
-                w0_pad.eq(window.payload.pad.as_value()),
-                w0_zero.eq(mode == PadMode.ZERO),
-                w0_dense.eq(dense),
-                w0_meta.eq(Cat(window.payload.x, window.payload.y,
-                               window.payload.first, window.payload.last)),
-            ]
-            with m.If(window.payload.first):
-                m.d.sync += [frame_mode.eq(self.pad_mode), frame_dense.eq(self.dense)]
-        with m.Elif(move):
-            m.d.sync += w0_valid.eq(0)
-        with m.If(move):
-            m.d.sync += [
-                w1_valid.eq(1),
-                w_pixels.eq(w0_pixels),
-                w_meta.eq(w0_meta),
-                w_excluded.eq(Mux(looked, excluded, w0_excluded)),
-            ]
-        with m.Elif(done):
-            m.d.sync += w1_valid.eq(0)
+        front = self._window_front(m, raised, done, meta_layout)
+        w1_valid, w_pixels, w_excluded, w_meta = front.w1_valid, front.pixels, front.excluded, front.meta
+        pixels_layout = front.pixels_layout
 
         # -------- the front: W1's window meets the offered beat -----------------------------------
         # A beat's ``first`` marks a frame's first beat, ``last`` its last. A frame's first window
@@ -437,12 +314,7 @@ class LaneConv(wiring.Component):
             "skipped_zero":    Mux(counted, beat_zero, 0),
             "skipped_padding": Mux(advance, _sum(e1_padding), 0),
         }
-        for name, increment in increments.items():
-            counter = getattr(self, name)
-            with m.If(self.clear_counters):
-                m.d.sync += counter.eq(0)
-            with m.Else():
-                m.d.sync += counter.eq(counter + increment)
+        self._counters(m, increments)
 
         # -------- results: collected per channel, two finished slots, the output register --------
         data_shape = self.o_stream.payload.data[0].shape()
@@ -496,6 +368,6 @@ class LaneConv(wiring.Component):
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
-        m.d.comb += self.busy.eq(Cat(w0_valid, w1_valid, finished_count != 0, self.o_stream.valid,
+        m.d.comb += self.busy.eq(Cat(front.w0_valid, w1_valid, finished_count != 0, self.o_stream.valid,
                                      *in_flight).any())
         return m

@@ -1,6 +1,7 @@
 """The sparse-tap convolution engine: pairs of MAC lanes that walk tap lists from both ends."""
 
 import operator
+from types import SimpleNamespace
 
 from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -65,7 +66,185 @@ class SparseConvErrors(data.Struct):
 COUNTER_BITS = 32
 
 
-class SparseConv(wiring.Component):
+class _ConvEngine:
+    """What :class:`SparseConv` and :class:`~dynsparse.hdl.laneconv.LaneConv` share: the
+    parameters and their checks, the ports but the tap-list stream, the error flags, the
+    window front (padding mask, W0, W1) and the counters."""
+
+    def _check_parameters(self, *, kernel_size, in_channels, out_channels, lanes, pixel_shape,
+                          max_width, max_height, block_size, requantize):
+        self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
+        self._in_channels  = check_int("input channel count", in_channels, minimum=1)
+        self._out_channels = check_int("output channel count", out_channels, minimum=1)
+        self._lanes        = check_int("lane count", lanes, minimum=1, maximum=out_channels)
+        self._pixel_shape  = check_shape("pixel shape", pixel_shape)
+        if self._pixel_shape not in (unsigned(8), signed(8)):
+            raise ValueError(f"pixel shape must be unsigned(8) or signed(8), not {pixel_shape!r}")
+        self._max_width    = check_int("maximum width", max_width, minimum=1, maximum=65536)
+        self._max_height   = check_int("maximum height", max_height, minimum=1, maximum=65536)
+        self._block_size   = check_int("block size", block_size, minimum=1, maximum=64)
+        if block_size & (block_size - 1):
+            raise ValueError(f"block size must be a power of two in [1, 64], not {block_size!r}")
+        if not isinstance(requantize, bool):
+            raise TypeError(f"requantize must be a bool, not {requantize!r}")
+        self._requantize = requantize
+        self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
+                                 max_width=max_width, max_height=max_height)
+
+    def _ports(self, taps_layout):
+        """Every port; ``i_taps`` carries ``taps_layout``."""
+        max_width, max_height = self._max_width, self._max_height
+        result_shape = signed(8) if self._requantize else signed(self.accumulator_width)
+        output_layout = data.StructLayout({
+            "data":  data.ArrayLayout(result_shape, self._out_channels),
+            "x":     unsigned(coord_width(max_width)),
+            "y":     unsigned(coord_width(max_height)),
+            "first": unsigned(1),
+            "last":  unsigned(1),
+        })
+        ports = {
+            "i_window": In(stream.Signature(window_layout(
+                kernel_size=self._kernel_size, channels=self._in_channels, pixel_shape=self._pixel_shape,
+                max_width=max_width, max_height=max_height))),
+            "i_taps":   In(stream.Signature(taps_layout)),
+            "o_stream": Out(stream.Signature(output_layout)),
+            "pad_mode": In(PadMode),
+            "dense":    In(1),
+            "width":    In(range(max_width + 1), init=max_width),
+            "height":   In(range(max_height + 1), init=max_height),
+            "mask_write": In(1),
+            "mask_band":  In(2),
+            "mask_index": In(self._mask.index_width),
+            "mask_value": In(1),
+            **{name: Out(COUNTER_BITS) for name in
+               ("cycles", "performed", "skipped_pruned", "skipped_zero", "skipped_padding")},
+            "clear_counters": In(1),
+            "errors":       Out(SparseConvErrors),
+            "clear_errors": In(1),
+            "busy":         Out(1),
+        }
+        if self._requantize:
+            ports["multiplier"] = In(range(MULTIPLIER_MAX + 1))
+            ports["shift"] = In(range(SHIFT_MAX + 1))
+        return ports
+
+    kernel_size  = property(lambda self: self._kernel_size)
+    in_channels  = property(lambda self: self._in_channels)
+    out_channels = property(lambda self: self._out_channels)
+    lanes        = property(lambda self: self._lanes)
+    pixel_shape  = property(lambda self: self._pixel_shape)
+    max_width    = property(lambda self: self._max_width)
+    max_height   = property(lambda self: self._max_height)
+    block_size   = property(lambda self: self._block_size)
+    requantize   = property(lambda self: self._requantize)
+
+    def _error_flags(self, m):
+        """The sticky ``errors`` register; returns the flags raised in this cycle (assign them)."""
+        errors = Signal(SparseConvErrors)
+        raised = Signal(SparseConvErrors)
+        m.d.comb += self.errors.eq(errors)
+        with m.If(self.clear_errors):
+            m.d.sync += errors.eq(raised)
+        with m.Else():
+            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
+        return raised
+
+    def _counters(self, m, increments):
+        """Each counter adds its increment every cycle; ``clear_counters`` zeroes them."""
+        for name, increment in increments.items():
+            counter = getattr(self, name)
+            with m.If(self.clear_counters):
+                m.d.sync += counter.eq(0)
+            with m.Else():
+                m.d.sync += counter.eq(counter + increment)
+
+    def _window_front(self, m, raised, done, meta_layout):
+        """The padding mask and the window registers W0 and W1 (see *Architecture* in
+        docs/sparseconv.md). ``done``: W1's position ends in this cycle. Returns the front's
+        signals: ``w0_valid``, ``w1_valid``, ``pixels`` (flat), ``excluded`` (bit ``dy·K + dx``),
+        ``meta`` and ``pixels_layout``."""
+        k = self._kernel_size
+        window = self.i_window
+        m.submodules.mask = mask = self._mask
+        m.d.comb += [
+            mask.write.eq(self.mask_write), mask.band.eq(self.mask_band),
+            mask.index.eq(self.mask_index), mask.value.eq(self.mask_value),
+            mask.width.eq(self.width), mask.height.eq(self.height),
+            raised.bad_mask_write.eq(mask.bad_write),
+            mask.x.eq(window.payload.x), mask.y.eq(window.payload.y), mask.pad.eq(window.payload.pad),
+        ]
+        frame_mode, frame_dense = Signal(PadMode), Signal()
+        mode = Mux(window.payload.first, self.pad_mode, frame_mode)
+        dense = Mux(window.payload.first, self.dense, frame_dense)
+
+        # W0 takes the window from i_window and looks its mask bits up (block RAM: they arrive
+        # the next cycle); W1, the engine's window, takes the window from W0 with its
+        # *excluded* bits computed and registered, so the engine's tap selection starts from
+        # flip-flops. W0 fills while W1's position is walked: no bubble between positions.
+        pixels_layout = window.payload.shape()["data"].shape
+        # The window's pixels are held in flat registers (the layout is put back on at E1):
+        # a register with the nested array layout gets wires named "w_pixels[0]" and
+        # "w_pixels[0][2]", whose bit names ("w_pixels[0]" bit 2 → "w_pixels[0][2]") collide
+        # in Yosys' ABC9 reintegration (abc_ops_reintegrate: "GetSize(conn.first) ==
+        # GetSize(conn.second)" in 0.70, "count_id(wire->name) == 0" in 0.69).
+        pixels_width = pixels_layout.size
+        w0_valid = Signal()
+        w0_pixels = Signal(pixels_width, reset_less=True)
+        w0_pad = Signal(k * k, reset_less=True)             # element (dy, dx) at bit dy·K + dx
+        w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
+        w0_meta = Signal(meta_layout, reset_less=True)
+        w1_valid = Signal()
+        w_pixels = Signal(pixels_width, reset_less=True)
+        w_excluded = Signal(k * k, reset_less=True)
+        w_meta = Signal(meta_layout, reset_less=True)
+        move = Signal()                                     # W0 → W1
+        m.d.comb += [
+            move.eq(w0_valid & (~w1_valid | done)),
+            # (a lookup never meets a mask write: the block RAMs' read-during-write result
+            # is undefined, no_rw_check; the window waits one cycle and sees the write)
+            window.ready.eq((~w0_valid | move) & ~self.mask_write),
+            # The mask is read every cycle at the offered window (nothing in the read path
+            # waits for the engine); the bits of an accepted window arrive the next cycle,
+            # when they are kept in W0 or taken straight into W1.
+            mask.lookup.eq(1),
+        ]
+        looked = Signal()                                   # W0 was loaded in the last cycle
+        w0_excluded = Signal(k * k, reset_less=True)
+        excluded = Signal(k * k)
+        m.d.sync += looked.eq(window.valid & window.ready)
+        m.d.comb += excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
+                                    for dy in range(k) for dx in range(k)))
+        with m.If(looked):
+            m.d.sync += w0_excluded.eq(excluded)
+        with m.If(window.valid & window.ready):
+            m.d.sync += [
+                w0_valid.eq(1),
+                w0_pixels.eq(window.payload.data),
+                w0_pad.eq(window.payload.pad.as_value()),
+                w0_zero.eq(mode == PadMode.ZERO),
+                w0_dense.eq(dense),
+                w0_meta.eq(Cat(window.payload.x, window.payload.y,
+                               window.payload.first, window.payload.last)),
+            ]
+            with m.If(window.payload.first):
+                m.d.sync += [frame_mode.eq(self.pad_mode), frame_dense.eq(self.dense)]
+        with m.Elif(move):
+            m.d.sync += w0_valid.eq(0)
+        with m.If(move):
+            m.d.sync += [
+                w1_valid.eq(1),
+                w_pixels.eq(w0_pixels),
+                w_meta.eq(w0_meta),
+                w_excluded.eq(Mux(looked, excluded, w0_excluded)),
+            ]
+        with m.Elif(done):
+            m.d.sync += w1_valid.eq(0)
+
+        return SimpleNamespace(w0_valid=w0_valid, w1_valid=w1_valid, pixels=w_pixels, excluded=w_excluded,
+                               meta=w_meta, pixels_layout=pixels_layout)
+
+
+class SparseConv(_ConvEngine, wiring.Component):
     """Convolution over tap lists: only listed, unmasked taps cost a cycle and a multiplication.
 
     Bit-exact with :func:`dynsparse.golden.sparseconv.sparse_conv` (and
@@ -215,73 +394,17 @@ class SparseConv(wiring.Component):
                  pixel_shape=unsigned(8), max_width=640, max_height=480, block_size=4,
                  requantize=False, queue_depth=QUEUE_DEPTH, finished_slots=FINISHED_SLOTS,
                  list_capacity=None):
-        self._kernel_size  = check_int("kernel size", kernel_size, minimum=1, maximum=15, odd=True)
-        self._in_channels  = check_int("input channel count", in_channels, minimum=1)
-        self._out_channels = check_int("output channel count", out_channels, minimum=1)
-        self._lanes        = check_int("lane count", lanes, minimum=1, maximum=out_channels)
-        self._pixel_shape  = check_shape("pixel shape", pixel_shape)
-        if self._pixel_shape not in (unsigned(8), signed(8)):
-            raise ValueError(f"pixel shape must be unsigned(8) or signed(8), not {pixel_shape!r}")
-        self._max_width    = check_int("maximum width", max_width, minimum=1, maximum=65536)
-        self._max_height   = check_int("maximum height", max_height, minimum=1, maximum=65536)
-        self._block_size   = check_int("block size", block_size, minimum=1, maximum=64)
-        if block_size & (block_size - 1):
-            raise ValueError(f"block size must be a power of two in [1, 64], not {block_size!r}")
-        if not isinstance(requantize, bool):
-            raise TypeError(f"requantize must be a bool, not {requantize!r}")
-        self._requantize = requantize
+        self._check_parameters(kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels,
+                               lanes=lanes, pixel_shape=pixel_shape, max_width=max_width,
+                               max_height=max_height, block_size=block_size, requantize=requantize)
         self._queue_depth = check_int("queue depth", queue_depth, minimum=1, maximum=64)
         self._finished_slots = check_int("finished slot count", finished_slots, minimum=1, maximum=8)
         self._list_capacity = _list_capacity(kernel_size=self._kernel_size, in_channels=self._in_channels,
                                              capacity=list_capacity)
-        self._mask = PaddingMask(kernel_size=kernel_size, block_size=block_size,
-                                 max_width=max_width, max_height=max_height)
+        super().__init__(self._ports(tap_lists_layout(
+            kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels,
+            max_width=max_width, max_height=max_height, capacity=list_capacity)))
 
-        result_shape = signed(8) if requantize else signed(self.accumulator_width)
-        output_layout = data.StructLayout({
-            "data":  data.ArrayLayout(result_shape, out_channels),
-            "x":     unsigned(coord_width(max_width)),
-            "y":     unsigned(coord_width(max_height)),
-            "first": unsigned(1),
-            "last":  unsigned(1),
-        })
-        ports = {
-            "i_window": In(stream.Signature(window_layout(
-                kernel_size=kernel_size, channels=in_channels, pixel_shape=self._pixel_shape,
-                max_width=max_width, max_height=max_height))),
-            "i_taps":   In(stream.Signature(tap_lists_layout(
-                kernel_size=kernel_size, in_channels=in_channels, out_channels=out_channels,
-                max_width=max_width, max_height=max_height, capacity=list_capacity))),
-            "o_stream": Out(stream.Signature(output_layout)),
-            "pad_mode": In(PadMode),
-            "dense":    In(1),
-            "width":    In(range(max_width + 1), init=max_width),
-            "height":   In(range(max_height + 1), init=max_height),
-            "mask_write": In(1),
-            "mask_band":  In(2),
-            "mask_index": In(self._mask.index_width),
-            "mask_value": In(1),
-            **{name: Out(COUNTER_BITS) for name in
-               ("cycles", "performed", "skipped_pruned", "skipped_zero", "skipped_padding")},
-            "clear_counters": In(1),
-            "errors":       Out(SparseConvErrors),
-            "clear_errors": In(1),
-            "busy":         Out(1),
-        }
-        if requantize:
-            ports["multiplier"] = In(range(MULTIPLIER_MAX + 1))
-            ports["shift"] = In(range(SHIFT_MAX + 1))
-        super().__init__(ports)
-
-    kernel_size  = property(lambda self: self._kernel_size)
-    in_channels  = property(lambda self: self._in_channels)
-    out_channels = property(lambda self: self._out_channels)
-    lanes        = property(lambda self: self._lanes)
-    pixel_shape  = property(lambda self: self._pixel_shape)
-    max_width    = property(lambda self: self._max_width)
-    max_height   = property(lambda self: self._max_height)
-    block_size   = property(lambda self: self._block_size)
-    requantize   = property(lambda self: self._requantize)
     queue_depth  = property(lambda self: self._queue_depth)
     finished_slots = property(lambda self: self._finished_slots)
 
@@ -332,90 +455,12 @@ class SparseConv(wiring.Component):
         advance = Signal()
         final_position = Signal()           # the result stage writes a finished position
 
-        errors = Signal(SparseConvErrors)
-        raised = Signal(SparseConvErrors)
-        m.d.comb += self.errors.eq(errors)
-        with m.If(self.clear_errors):
-            m.d.sync += errors.eq(raised)
-        with m.Else():
-            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
-
-        # -------- padding mask and the two window registers ---------------------------------------
-        m.submodules.mask = mask = self._mask
-        m.d.comb += [
-            mask.write.eq(self.mask_write), mask.band.eq(self.mask_band),
-            mask.index.eq(self.mask_index), mask.value.eq(self.mask_value),
-            mask.width.eq(self.width), mask.height.eq(self.height),
-            raised.bad_mask_write.eq(mask.bad_write),
-            mask.x.eq(window.payload.x), mask.y.eq(window.payload.y), mask.pad.eq(window.payload.pad),
-        ]
-        frame_mode, frame_dense = Signal(PadMode), Signal()
-        mode = Mux(window.payload.first, self.pad_mode, frame_mode)
-        dense = Mux(window.payload.first, self.dense, frame_dense)
-
-        # W0 takes the window from i_window and looks its mask bits up (block RAM: they arrive
-        # the next cycle); W1, the engine's window, takes the window from W0 with its
-        # *excluded* bits computed and registered, so the engine's tap selection starts from
-        # flip-flops. W0 fills while W1's position is walked: no bubble between positions.
-        pixels_layout = window.payload.shape()["data"].shape
-        # The window's pixels are held in flat registers (the layout is put back on at E1):
-        # a register with the nested array layout gets wires named "w_pixels[0]" and
-        # "w_pixels[0][2]", whose bit names ("w_pixels[0]" bit 2 → "w_pixels[0][2]") collide
-        # in Yosys' ABC9 reintegration (abc_ops_reintegrate: "GetSize(conn.first) ==
-        # GetSize(conn.second)" in 0.70, "count_id(wire->name) == 0" in 0.69).
-        pixels_width = pixels_layout.size
-        w0_valid = Signal()
-        w0_pixels = Signal(pixels_width, reset_less=True)
-        w0_pad = Signal(k * k, reset_less=True)             # element (dy, dx) at bit dy·K + dx
-        w0_zero, w0_dense = Signal(reset_less=True), Signal(reset_less=True)
-        w0_meta = Signal(meta_layout, reset_less=True)
-        w1_valid = Signal()
-        w_pixels = Signal(pixels_width, reset_less=True)
-        w_excluded = Signal(k * k, reset_less=True)
-        w_meta = Signal(meta_layout, reset_less=True)
+        raised = self._error_flags(m)
         done = Signal()                                     # the position in the engine ends
-        move = Signal()                                     # W0 → W1
-        m.d.comb += [
-            move.eq(w0_valid & (~w1_valid | done)),
-            # (a lookup never meets a mask write: the block RAMs' read-during-write result
-            # is undefined, no_rw_check; the window waits one cycle and sees the write)
-            window.ready.eq((~w0_valid | move) & ~self.mask_write),
-            # The mask is read every cycle at the offered window (nothing in the read path
-            # waits for the engine); the bits of an accepted window arrive the next cycle,
-            # when they are kept in W0 or taken straight into W1.
-            mask.lookup.eq(1),
-        ]
-        looked = Signal()                                   # W0 was loaded in the last cycle
-        w0_excluded = Signal(k * k, reset_less=True)
-        excluded = Signal(k * k)
-        m.d.sync += looked.eq(window.valid & window.ready)
-        m.d.comb += excluded.eq(Cat(~w0_dense & w0_pad[dy * k + dx] & (w0_zero | ~mask.bits[dy][dx])
-                                    for dy in range(k) for dx in range(k)))
-        with m.If(looked):
-            m.d.sync += w0_excluded.eq(excluded)
-        with m.If(window.valid & window.ready):
-            m.d.sync += [
-                w0_valid.eq(1),
-                w0_pixels.eq(window.payload.data),
-                w0_pad.eq(window.payload.pad.as_value()),
-                w0_zero.eq(mode == PadMode.ZERO),
-                w0_dense.eq(dense),
-                w0_meta.eq(Cat(window.payload.x, window.payload.y,
-                               window.payload.first, window.payload.last)),
-            ]
-            with m.If(window.payload.first):
-                m.d.sync += [frame_mode.eq(self.pad_mode), frame_dense.eq(self.dense)]
-        with m.Elif(move):
-            m.d.sync += w0_valid.eq(0)
-        with m.If(move):
-            m.d.sync += [
-                w1_valid.eq(1),
-                w_pixels.eq(w0_pixels),
-                w_meta.eq(w0_meta),
-                w_excluded.eq(Mux(looked, excluded, w0_excluded)),
-            ]
-        with m.Elif(done):
-            m.d.sync += w1_valid.eq(0)
+        front = self._window_front(m, raised, done, meta_layout)
+        w0_valid, w1_valid = front.w0_valid, front.w1_valid
+        w_pixels, w_excluded, w_meta, pixels_layout = front.pixels, front.excluded, front.meta, front.pixels_layout
+        pixels_width = pixels_layout.size
 
         # -------- admission: the front position (W1's window and the offered tap list) ---------
         # Every position is *admitted* from the front into the order queue, in order, one a
@@ -691,12 +736,7 @@ class SparseConv(wiring.Component):
             "skipped_zero":    Mux(summed, total_zero, 0),
             "skipped_padding": Mux(summed, _sum(list_padding), 0),
         }
-        for name, increment in increments.items():
-            counter = getattr(self, name)
-            with m.If(self.clear_counters):
-                m.d.sync += counter.eq(0)
-            with m.Else():
-                m.d.sync += counter.eq(counter + increment)
+        self._counters(m, increments)
 
         # -------- results: collected per channel, then given out in admission order --------------
         # A walked position's results wait in ``finished`` until the queue's head is that

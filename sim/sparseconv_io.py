@@ -9,11 +9,13 @@ import numpy as np
 from amaranth.hdl import Shape
 from amaranth.lib import data
 
-from ..golden.padmask import BANDS, mask_layout
+from ..golden.padmask import BANDS, mask_layout, mask_length
+from ..golden.sparseconv import expand_tiles, tap_densities, tap_lists
 from ..golden.window import windows
 
 
-__all__ = ["pack_nested", "window_words", "tap_list_words", "lane_beat_words", "mask_writes", "frame_marks"]
+__all__ = ["pack_nested", "window_words", "tap_list_words", "lane_beat_words", "mask_writes", "frame_marks",
+           "random_frame", "random_weights", "random_lists", "random_mask"]
 
 
 def pack_nested(layout, fields, count):
@@ -100,3 +102,35 @@ def mask_writes(mask, width, height, *, kernel_size, block_size):
         first, count = mask_layout(width, height, kernel_size=kernel_size, block_size=block_size)[band]
         writes += [(band_number, index, int(mask[first + index])) for index in range(count)]
     return writes
+
+
+# -------- random test data for an engine (SparseConv, LaneConv): its channels, K, pixel shape -----
+
+def random_frame(rng, block, height, width):
+    """A random frame ``[H, W, C_in]`` of ``block``'s pixel shape."""
+    if block.pixel_shape.signed:
+        return rng.integers(-128, 128, (height, width, block.in_channels)).astype(np.int8)
+    return rng.integers(0, 256, (height, width, block.in_channels)).astype(np.uint8)
+
+
+def random_weights(rng, block, low=-127, high=127):
+    """Random weights ``[C_out, C_in, K, K]`` in ``[low, high]``."""
+    k = block.kernel_size
+    return rng.integers(low, high + 1, (block.out_channels, block.in_channels, k, k))
+
+
+def random_lists(rng, block, height, width, *, tile_size=1, weights=None):
+    """Tap lists ``[H, W, C_out]`` of random densities (a fifth of the pixels full, the rest
+    anywhere from 0) and a random prune threshold in [0, 200)."""
+    weights = random_weights(rng, block) if weights is None else weights
+    density = rng.integers(0, 257, (height, width, block.in_channels))
+    density[rng.random(density.shape) < 0.2] = 256
+    densities = tap_densities(density, kernel_size=block.kernel_size, tile_size=tile_size)
+    lists = tap_lists(weights, densities, prune_threshold=int(rng.integers(0, 200)))
+    return expand_tiles(lists, height=height, width=width, tile_size=tile_size)
+
+
+def random_mask(rng, block, height, width):
+    """A random padding mask, each block included with probability 1/2."""
+    length = mask_length(width, height, kernel_size=block.kernel_size, block_size=block.block_size)
+    return (rng.random(length) < 0.5).astype(np.uint8)

@@ -14,7 +14,8 @@ from dynsparse.hdl.sparseconv import SparseConv
 from dynsparse.hdl.window import PadMode
 from dynsparse.sim.packing import unpack
 from dynsparse.sim.pysim import run_simulation, stream_receive, stream_send
-from dynsparse.sim.sparseconv_io import mask_writes, tap_list_words, window_words
+from dynsparse.sim.sparseconv_io import (mask_writes, random_frame, random_lists, random_mask,
+                                          random_weights, tap_list_words, window_words)
 
 
 STALLS = [("none", "none"), ("fixed", "fixed"), ("random", "random"),
@@ -22,25 +23,10 @@ STALLS = [("none", "none"), ("fixed", "fixed"), ("random", "random"),
 PAD_MODES = ("zero", "replicate", "reflect")
 
 
-def random_frame(rng, dut, height, width):
-    if dut.pixel_shape.signed:
-        return rng.integers(-128, 128, (height, width, dut.in_channels)).astype(np.int8)
-    return rng.integers(0, 256, (height, width, dut.in_channels)).astype(np.uint8)
 
 
-def random_weights(rng, dut, low=-127, high=127):
-    k = dut.kernel_size
-    return rng.integers(low, high + 1, (dut.out_channels, dut.in_channels, k, k))
 
 
-def random_lists(rng, dut, height, width, *, tile_size=1, weights=None):
-    """Lists of random densities (from sparse to full) and a random prune threshold."""
-    weights = random_weights(rng, dut) if weights is None else weights
-    density = rng.integers(0, 257, (height, width, dut.in_channels))
-    density[rng.random(density.shape) < 0.2] = 256
-    densities = tap_densities(density, kernel_size=dut.kernel_size, tile_size=tile_size)
-    lists = tap_lists(weights, densities, prune_threshold=int(rng.integers(0, 200)))
-    return expand_tiles(lists, height=height, width=width, tile_size=tile_size)
 
 
 def simulate(dut, jobs, *, pad_mode="zero", dense=False, mask=None, source="none", sink="none",
@@ -131,9 +117,6 @@ def make(**kwargs):
                          "max_width": 16, "max_height": 16, **kwargs})
 
 
-def random_mask(rng, dut, height, width):
-    length = mask_length(width, height, kernel_size=dut.kernel_size, block_size=dut.block_size)
-    return (rng.random(length) < 0.5).astype(np.uint8)
 
 
 # --- results against golden -----------------------------------------------------------------

@@ -12,7 +12,8 @@ from dynsparse.golden.sparseconv import (dense_tap_lists, expand_tiles, sparse_c
                                          tap_lists)
 from dynsparse.hdl.sparseconv import SparseConv
 from dynsparse.sim.packing import unpack
-from dynsparse.sim.sparseconv_io import mask_writes, tap_list_words, window_words
+from dynsparse.sim.sparseconv_io import (mask_writes, random_frame, random_lists, random_mask,
+                                         random_weights, tap_list_words, window_words)
 from dynsparse.sim.stalls import STALL_PATTERNS
 from dynsparse.sim.tb.streams import TB, StreamSink, StreamSource, params
 
@@ -28,27 +29,12 @@ COUNTERS = {"cycles": "cycles", "performed": "performed", "skipped_pruned": "pru
             "skipped_zero": "zero", "skipped_padding": "padding"}
 
 
-def random_frame(rng, height, width):
-    if BLOCK.pixel_shape.signed:
-        return rng.integers(-128, 128, (height, width, BLOCK.in_channels)).astype(np.int8)
-    return rng.integers(0, 256, (height, width, BLOCK.in_channels)).astype(np.uint8)
 
 
-def random_weights(rng):
-    return rng.integers(-127, 128, (BLOCK.out_channels, BLOCK.in_channels, K, K))
 
 
-def random_lists(rng, height, width, tile_size=1):
-    density = rng.integers(0, 257, (height, width, BLOCK.in_channels))
-    density[rng.random(density.shape) < 0.2] = 256
-    densities = tap_densities(density, kernel_size=K, tile_size=tile_size)
-    lists = tap_lists(random_weights(rng), densities, prune_threshold=int(rng.integers(0, 200)))
-    return expand_tiles(lists, height=height, width=width, tile_size=tile_size)
 
 
-def random_mask(rng, height, width):
-    length = mask_length(width, height, kernel_size=K, block_size=BLOCK.block_size)
-    return (rng.random(length) < 0.5).astype(np.uint8)
 
 
 async def check_frames(dut, tb, jobs, *, pad_mode, mask=None, dense=False, src, sink, seed):
@@ -114,9 +100,11 @@ async def random_frames_under_stalls(dut, src, sink):
     height, width = PARAMS["frame"]
     pad_mode = PAD_MODES[seed % 3]
     dut._log.info("seed %d, pad mode %s", seed, pad_mode)
-    jobs = [(random_frame(rng, height, width), random_lists(rng, height, width, tile)) for tile in (1, 2)]
-    jobs.append((random_frame(rng, height, width), dense_tap_lists(random_weights(rng), shape=(height, width))))
-    await check_frames(dut, TB(dut), jobs, pad_mode=pad_mode, mask=random_mask(rng, height, width),
+    jobs = [(random_frame(rng, BLOCK, height, width), random_lists(rng, BLOCK, height, width, tile_size=tile))
+            for tile in (1, 2)]
+    jobs.append((random_frame(rng, BLOCK, height, width),
+                 dense_tap_lists(random_weights(rng, BLOCK), shape=(height, width))))
+    await check_frames(dut, TB(dut), jobs, pad_mode=pad_mode, mask=random_mask(rng, BLOCK, height, width),
                        src=src, sink=sink, seed=seed)
 
 
@@ -132,9 +120,10 @@ async def real_images(dut, image):
     density = density_map(real_image(image, size=(height, width))[:, :, None].repeat(BLOCK.in_channels, axis=2),
                           kernel_size=3, inv_ref_var=inv_ref_var(24))
     densities = tap_densities(density, kernel_size=K, tile_size=2)
-    lists = expand_tiles(tap_lists(random_weights(rng), densities, prune_threshold=64),
+    lists = expand_tiles(tap_lists(random_weights(rng, BLOCK), densities, prune_threshold=64),
                          height=height, width=width, tile_size=2)
-    await check_frames(dut, TB(dut), [(frame, lists)], pad_mode="replicate", mask=random_mask(rng, height, width),
+    await check_frames(dut, TB(dut), [(frame, lists)], pad_mode="replicate",
+                       mask=random_mask(rng, BLOCK, height, width),
                        src="random", sink="random", seed=23)
 
 
