@@ -7,6 +7,8 @@ only what changed. Icarus does not fail a test on a failed Verilog
 ``assert``; it prints ``ERROR:``, which this runner looks for in the log.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -129,42 +131,57 @@ def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
     build_dir = build_root / build_key(block, params) / simulator
     if waves:
         build_dir = build_dir.with_name(simulator + "-waves")
-    source = write_verilog(component, build_dir / f"{block}.v", name=block, simulator=simulator)
+    # One run at a time in a build directory: two test workers that build and run the same
+    # block with the same parameters on the same simulator would overwrite each other's files.
+    with _exclusive(build_dir):
+        source = write_verilog(component, build_dir / f"{block}.v", name=block, simulator=simulator)
 
-    runner = get_runner(simulator)
-    build_args = ["-Wno-fatal", "--assert"] if simulator == "verilator" else []
-    build_log = build_dir / "build.log"
-    try:
-        runner.build(sources=[source], hdl_toplevel=block, build_dir=build_dir,
-                     timescale=("1ns", "1ps"), waves=waves, build_args=build_args,
-                     log_file=build_log)
-    except (RuntimeError, SystemExit) as error:
-        raise SimulationFailed(f"{simulator} build of {block} failed:\n{_tail(build_log)}") from error
+        runner = get_runner(simulator)
+        build_args = ["-Wno-fatal", "--assert"] if simulator == "verilator" else []
+        build_log = build_dir / "build.log"
+        try:
+            runner.build(sources=[source], hdl_toplevel=block, build_dir=build_dir,
+                         timescale=("1ns", "1ps"), waves=waves, build_args=build_args,
+                         log_file=build_log)
+        except (RuntimeError, SystemExit) as error:
+            raise SimulationFailed(f"{simulator} build of {block} failed:\n{_tail(build_log)}") from error
 
-    log = build_dir / (f"{testcase}.log" if testcase else "test.log")
-    results = build_dir / (f"{testcase}.results.xml" if testcase else "results.xml")
-    env = {"DYNSPARSE_PARAMS": json.dumps(params), "PYTHONWARNINGS": "error::DeprecationWarning"}
-    env.update(extra_env or {})
-    try:
-        runner.test(test_module=test_module, hdl_toplevel=block, build_dir=build_dir,
-                    test_dir=build_dir, results_xml=str(results), extra_env=env,
-                    waves=waves, testcase=testcase, log_file=log, timescale=("1ns", "1ps"))
-    except (RuntimeError, SystemExit) as error:
-        raise SimulationFailed(f"{simulator} run of {test_module} failed:\n{_tail(log)}") from error
-    tests, failed = get_results(results)
-    text = log.read_text(errors="replace")
-    # Icarus prints a failed assertion as "<message>ERROR: <file>.v:<line>:" and carries on.
-    assertion_errors = [line for line in text.splitlines() if re.search(r"ERROR: \S+\.s?v:\d+", line)]
-    if failed or tests == 0 or assertion_errors:
-        raise SimulationFailed(
-            f"{simulator}: {failed} of {tests} cocotb tests failed"
-            + (f"; simulator reported {len(assertion_errors)} assertion errors" if assertion_errors else "")
-            + f"\n{_tail(log)}")
+        log = build_dir / (f"{testcase}.log" if testcase else "test.log")
+        results = build_dir / (f"{testcase}.results.xml" if testcase else "results.xml")
+        env = {"DYNSPARSE_PARAMS": json.dumps(params), "PYTHONWARNINGS": "error::DeprecationWarning"}
+        env.update(extra_env or {})
+        try:
+            runner.test(test_module=test_module, hdl_toplevel=block, build_dir=build_dir,
+                        test_dir=build_dir, results_xml=str(results), extra_env=env,
+                        waves=waves, testcase=testcase, log_file=log, timescale=("1ns", "1ps"))
+        except (RuntimeError, SystemExit) as error:
+            raise SimulationFailed(f"{simulator} run of {test_module} failed:\n{_tail(log)}") from error
+        tests, failed = get_results(results)
+        text = log.read_text(errors="replace")
+        # Icarus prints a failed assertion as "<message>ERROR: <file>.v:<line>:" and carries on.
+        assertion_errors = [line for line in text.splitlines() if re.search(r"ERROR: \S+\.s?v:\d+", line)]
+        if failed or tests == 0 or assertion_errors:
+            raise SimulationFailed(
+                f"{simulator}: {failed} of {tests} cocotb tests failed"
+                + (f"; simulator reported {len(assertion_errors)} assertion errors" if assertion_errors else "")
+                + f"\n{_tail(log)}")
     summary = [line for line in text.splitlines() if "TESTS=" in line]
     print(f"{block} on {simulator}: {tests} cocotb tests passed ({build_dir})")
     for line in summary:
         print(line.strip())
     return results
+
+
+@contextlib.contextmanager
+def _exclusive(directory):
+    """Hold an exclusive lock on ``directory`` (a lock file beside it) while the block runs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _tail(path, lines=60):
