@@ -57,7 +57,7 @@ class LaneConv(_ConvEngine, wiring.Component):
     ``co = s·L + j`` (its *slots* ``s``). A beat's entries go straight to the
     lanes: each lane selects its pixel, multiplies and accumulates; a lane's
     partial sum of a slot is written when the entry says ``flush`` or at the
-    position's ``end``. Its input is ``L`` entries wide (14 bits each at
+    position's ``end``. Its input is ``L`` entries wide (16 bits each at
     ``K = 3``, ``C_in = 1``, ``C_out = L``) instead of ``C_out · C_in · K²``.
 
     Costs: a position takes ``max(1, max_j entries of lane j)`` beats
