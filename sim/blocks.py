@@ -224,7 +224,7 @@ BLOCKS = {block.name: block for block in [
                            "frame": [10, 12]},
             "k5ci2co3l3": {"block": {"kernel_size": 5, "in_channels": 2, "out_channels": 3, "lanes": 3,
                                      "max_width": 32, "max_height": 32, "block_size": 2},
-                           "frame": [7, 9]},
+                           "frame": [6, 7]},
         },
     ),
     Block(
@@ -247,7 +247,7 @@ BLOCKS = {block.name: block for block in [
                            "frame": [10, 12]},
             "k5ci2co3l2": {"block": {"kernel_size": 5, "in_channels": 2, "out_channels": 3, "lanes": 2,
                                      "max_width": 32, "max_height": 32, "block_size": 2},
-                           "frame": [7, 9]},
+                           "frame": [6, 7]},
         },
     ),
     Block(
