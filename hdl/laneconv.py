@@ -327,14 +327,14 @@ class LaneConv(_ConvEngine, wiring.Component):
         # Two finished slots, the oldest in slot 0: the stall looks at the slots' count only
         # (registers), not at o_stream.ready, so no path runs from the output's ready to every
         # register's enable; with results taken every cycle one slot is in use.
-        slots = 2
+        depth = 2                               # finished slots (not the lanes' channel slots)
         finished = [[Signal(data_shape, name=f"finished_{n}_{co}", reset_less=True) for co in range(c_out)]
-                    for n in range(slots)]
-        finished_meta = [Signal(meta_layout, name=f"finished_meta_{n}", reset_less=True) for n in range(slots)]
-        finished_count = Signal(range(slots + 1))
+                    for n in range(depth)]
+        finished_meta = [Signal(meta_layout, name=f"finished_meta_{n}", reset_less=True) for n in range(depth)]
+        finished_count = Signal(range(depth + 1))
         give, arrive = Signal(), Signal()
         stall = Signal()
-        free_slot = Signal(range(slots + 1))
+        free_slot = Signal(range(depth + 1))
         m.d.comb += [
             give.eq((~self.o_stream.valid | self.o_stream.ready) & (finished_count != 0)),
             advance.eq(~stall),
@@ -346,20 +346,20 @@ class LaneConv(_ConvEngine, wiring.Component):
                 m.d.sync += [collected[co].eq(0) for co in range(c_out)]
             with m.Else():
                 m.d.sync += [collected[co].eq(merged[co]) for co in range(c_out)]
-        for n in range(slots):
+        for n in range(depth):
             with m.If(arrive & (free_slot == n)):
                 m.d.sync += [finished[n][co].eq(merged[co]) for co in range(c_out)]
                 m.d.sync += finished_meta[n].eq(result_meta)
-            if n + 1 < slots:
+            if n + 1 < depth:
                 with m.Elif(give):
                     m.d.sync += [finished[n][co].eq(finished[n + 1][co]) for co in range(c_out)]
                     m.d.sync += finished_meta[n].eq(finished_meta[n + 1])
         count_next = Signal.like(finished_count)
         m.d.comb += count_next.eq(finished_count + arrive - give)
         m.d.sync += finished_count.eq(count_next)
-        # advance = ~(position_last & (finished_count == slots)), both registers: computed a
+        # advance = ~(position_last & (finished_count == depth)), both registers: computed a
         # cycle ahead into a register, so the engine-wide enable leaves a flip-flop
-        m.d.sync += stall.eq(position_last_next & (count_next == slots))
+        m.d.sync += stall.eq(position_last_next & (count_next == depth))
         with m.If(give):
             out = self.o_stream.payload
             m.d.sync += [self.o_stream.valid.eq(1), out.data.eq(Cat(*finished[0])),
