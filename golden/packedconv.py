@@ -49,11 +49,11 @@ beat ``f + FLUSH_TO_EMIT`` or later.
   entry. No two lanes flush the same channel on one beat: a job that would
   starts a beat later.
 - *Emits.* Position ``p`` is emitted at ``emit[p] = max(emit[p-1] + 1,
-  last flush of p + FLUSH_TO_EMIT)`` (a position without jobs one beat after
-  the last emit); its beat carries the mask of the channels that had jobs
-  (the others give 0) and its skip counts.
+  take[min(P-1, p + reach)] + 1, last flush of p + FLUSH_TO_EMIT)`` (the
+  last term for a position with jobs); its beat carries the mask of the
+  channels that had jobs (the others give 0) and its skip counts.
 
-The beats end at the last take, flush or emit. This is list scheduling in
+So the frame's last beat is the emit of its last position. This is list scheduling in
 position order with a window of ``S`` positions: on the benchmark images the
 cycles are within a few percent of the fluid bound of ``sim/schedule.py``
 (docs/bench.md), the best any in-order schedule can do.
@@ -63,8 +63,8 @@ Beats
 :func:`pack_beats` gives, per beat: ``take``, ``emit``, ``mask``,
 ``first``/``last`` (the frame's first and last beat), ``pruned``, ``zero``,
 ``padding``; and per lane: ``valid``, ``flush``, ``channel``, ``slot``
-(``p mod S``), ``address`` (the ring entry ``(s mod N)·C_in + ci``) and
-``weight``. :func:`run_beats` executes beats as the engine does, checking
+(``p mod S``), ``place`` (the ring place ``s mod N`` of the source pixel),
+``ci`` and ``weight``. :func:`run_beats` executes beats as the engine does, checking
 every pipeline rule above; its results equal ``sparse_conv``'s.
 """
 
@@ -251,7 +251,7 @@ def pack_schedule(count, *, width, kernel_size, lanes, ring_depth=RING_DEPTH, re
             heapq.heappush(free, (start + n, lane))
             jobs.append((p, co, lane, start))
             done = max(done, start + n - 1)
-        e = last_emit + 1
+        e = max(last_emit + 1, int(take[need]) + 1)
         if done >= 0:
             e = max(e, done + FLUSH_TO_EMIT)
         emit[p] = last_emit = e
@@ -271,12 +271,12 @@ def packed_cycles(count, *, width, kernel_size, lanes, ring_depth=RING_DEPTH, re
     return beats - 1 + PACKED_LATENCY + (REQUANT_STAGES if requantize else 0)
 
 
-def pack_beats(entries, *, width, kernel_size, lanes, in_channels=1, ring_depth=RING_DEPTH,
+def pack_beats(entries, *, width, kernel_size, lanes, ring_depth=RING_DEPTH,
                result_slots=RESULT_SLOTS):
     """The beats of one frame's jobs (:func:`packed_entries`).
 
     Returns a dict of int64 arrays: ``valid``, ``flush``, ``channel``, ``slot``,
-    ``address``, ``weight`` of shape ``[B, L]``; ``take``, ``emit``, ``mask``, ``first``,
+    ``place``, ``ci``, ``weight`` of shape ``[B, L]``; ``take``, ``emit``, ``mask``, ``first``,
     ``last``, ``pruned``, ``zero``, ``padding`` of shape ``[B]``.
     """
     count = entries["count"]
@@ -285,7 +285,7 @@ def pack_beats(entries, *, width, kernel_size, lanes, in_channels=1, ring_depth=
                              ring_depth=ring_depth, result_slots=result_slots)
     total = schedule["beats"]
     beats = {name: np.zeros((total, lanes), np.int64)
-             for name in ("valid", "flush", "channel", "slot", "address", "weight")}
+             for name in ("valid", "flush", "channel", "slot", "place", "ci", "weight")}
     for name in ("take", "emit", "mask", "first", "last", "pruned", "zero", "padding"):
         beats[name] = np.zeros(total, np.int64)
     beats["take"][schedule["take"]] = 1
@@ -303,8 +303,8 @@ def pack_beats(entries, *, width, kernel_size, lanes, in_channels=1, ring_depth=
         beats["valid"][t, lane] = 1
         beats["channel"][t, lane] = co
         beats["slot"][t, lane] = p % result_slots
-        beats["address"][t, lane] = (entries["source"][p, co, :n] % ring_depth) * in_channels + \
-            entries["ci"][p, co, :n]
+        beats["place"][t, lane] = entries["source"][p, co, :n] % ring_depth
+        beats["ci"][t, lane] = entries["ci"][p, co, :n]
         beats["weight"][t, lane] = entries["weight"][p, co, :n]
         beats["flush"][start + n - 1, lane] = 1
     return beats
@@ -339,12 +339,11 @@ def run_beats(frame, beats, *, out_channels, ring_depth=RING_DEPTH, result_slots
         for j in range(lanes):
             if not beats["valid"][t, j]:
                 continue
-            address = int(beats["address"][t, j])
-            place, ci = divmod(address, c_in)
+            place, ci = int(beats["place"][t, j]), int(beats["ci"][t, j])
             pixel = int(owner[place])
             assert pixel >= 0 and take_beat[pixel] < t, f"beat {t} lane {j} reads place {place} before its take"
             last_read[place] = t
-            acc[j] = (0 if fresh[j] else acc[j]) + int(beats["weight"][t, j]) * int(ring[address])
+            acc[j] = (0 if fresh[j] else acc[j]) + int(beats["weight"][t, j]) * int(ring[place * c_in + ci])
             fresh[j] = bool(beats["flush"][t, j])
             if fresh[j]:
                 co, slot = int(beats["channel"][t, j]), int(beats["slot"][t, j])

@@ -14,7 +14,8 @@ from ..golden.sparseconv import expand_tiles, tap_densities, tap_lists
 from ..golden.window import windows
 
 
-__all__ = ["pack_nested", "window_words", "tap_list_words", "lane_beat_words", "mask_writes", "frame_marks",
+__all__ = ["pack_nested", "window_words", "tap_list_words", "lane_beat_words", "packed_beat_words", "pixel_words",
+           "mask_writes", "frame_marks",
            "random_frame", "random_weights", "random_lists", "random_mask"]
 
 
@@ -93,6 +94,25 @@ def lane_beat_words(layout, beats):
                for j in range(lanes)]
     return pack_nested(layout, {"lanes": entries, **{name: beats[name] for name in
                                                      ("end", "first", "last", "pruned", "zero")}}, count)
+
+
+def packed_beat_words(layout, beats):
+    """Flat beat payloads of :func:`dynsparse.golden.packedconv.pack_beats` (``PackedConv``'s ``i_beats``)."""
+    count = len(beats["take"])
+    lanes = beats["valid"].shape[1]
+    entries = [{name: beats[name][:, j] for name in ("valid", "flush", "channel", "slot", "place", "ci", "weight")}
+               for j in range(lanes)]
+    return pack_nested(layout, {"lanes": entries, **{name: beats[name] for name in
+                                                     ("take", "emit", "mask", "first", "last", "pruned",
+                                                      "zero", "padding")}}, count)
+
+
+def pixel_words(layout, frame):
+    """Flat pixel payloads (``data[C]``, ``first``, ``last``) of ``frame [H, W, C]``, raster order."""
+    height, width, channels = frame.shape
+    first, last = frame_marks(height * width)
+    return pack_nested(layout, {"data": frame.reshape(-1, channels).astype(np.int64),
+                                "first": first, "last": last}, height * width)
 
 
 def mask_writes(mask, width, height, *, kernel_size, block_size):
