@@ -251,6 +251,28 @@ BLOCKS = {block.name: block for block in [
         },
     ),
     Block(
+        name="packedconv",
+        component="hdl.packedconv:PackedConv",
+        summary="packed sparse-tap convolution: lanes follow a host-packed schedule over many positions",
+        parameters={
+            "kernel_size":  (3, "window size K (odd)"),
+            "in_channels":  (1, "input channels C_in"),
+            "out_channels": (8, "output channels C_out"),
+            "lanes":        (8, "multiplier lanes (1 … C_out)"),
+            "ring_depth":   (4096, "pixels kept (power of two, > 2·(r·W + r))"),
+            "result_slots": (2048, "result slots per channel (power of two)"),
+        },
+        testbench="dynsparse.sim.tb.tb_packedconv",
+        test_variants={
+            "k3ci1co8l8": {"block": {"kernel_size": 3, "in_channels": 1, "out_channels": 8, "lanes": 8,
+                                     "ring_depth": 64, "result_slots": 16},
+                           "frame": [10, 12]},
+            "k5ci2co3l2": {"block": {"kernel_size": 5, "in_channels": 2, "out_channels": 3, "lanes": 2,
+                                     "ring_depth": 64, "result_slots": 8},
+                           "frame": [6, 7], "block_size": 2},
+        },
+    ),
+    Block(
         name="seqwindow",
         component="hdl.sequence:SequenceWindow",
         summary="1×K window around every position of a sequence, on a shift register (the heads' 1-D mode)",

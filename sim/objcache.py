@@ -11,8 +11,9 @@ itself. :func:`dynsparse.sim.runner.run_cocotb` names this module as
 
 compiles a runtime source once and copies its object (and the ``-MMD``
 dependency file) into every later build directory. A compile is cached only if
-its source lies outside the current directory (the model's own files are never
-cached), and its key is the SHA-256 of the command line, the compiler
+its source and every file it read lie outside the current directory (the
+model's own files, and cocotb's ``verilator.cpp``, which includes the model's
+header, are never cached), and its key is the SHA-256 of the command line, the compiler
 executable, the source and every header beside it, so another Verilator or
 cocotb version, compiler or flag set gets objects of its own. The cache lives
 in ``$DYNSPARSE_OBJCACHE`` (``build/objcache`` by default); entries are written
@@ -73,6 +74,19 @@ def _cacheable(argv):
     return output, source_path
 
 
+def _reads_build_directory(depfile):
+    """Whether the compile read a file of the current directory (cocotb's ``verilator.cpp``
+    includes the model's ``Vtop.h``): such an object belongs to this build alone."""
+    text = depfile.read_text().replace("\\\n", " ")
+    _, _, dependencies = text.partition(":")
+    cwd = Path.cwd().resolve()
+    for dependency in dependencies.split():
+        path = Path(dependency)
+        if not path.is_absolute() or cwd in path.resolve().parents:
+            return True
+    return False
+
+
 def _store(path, target):
     temporary = target.with_name(f"{target.name}.{os.getpid()}.part")
     shutil.copyfile(path, temporary)
@@ -97,7 +111,7 @@ def main(argv=None):
         shutil.copyfile(cached_deps, depfile)
         return 0
     code = subprocess.call(argv)
-    if code == 0 and Path(output).is_file() and depfile.is_file():
+    if code == 0 and Path(output).is_file() and depfile.is_file() and not _reads_build_directory(depfile):
         cache.mkdir(parents=True, exist_ok=True)
         _store(depfile, cached_deps)
         _store(output, cached_object)

@@ -105,6 +105,14 @@ def test_verilator_runtime_objects_are_compiled_once(monkeypatch, tmp_path):
     for _ in range(2):
         assert objcache.main(["c++", "-MMD", "-c", "-o", "model.o", "model.cpp"]) == 0
     assert len(calls) == 5
+    # a library source that includes a header of the build directory (as cocotb's verilator.cpp
+    # includes the model's Vtop.h) is never cached either
+    (build / "Vtop.h").write_text("struct Vtop { int a; };\n")
+    (library / "main.cpp").write_text('#include "Vtop.h"\nint size() { return sizeof(Vtop); }\n')
+    main_command = ["c++", "-I.", "-MMD", "-c", "-o", "main.o", str(library / "main.cpp")]
+    for _ in range(2):
+        assert objcache.main(main_command) == 0
+    assert len(calls) == 7
     # a failed compile stores nothing and returns the compiler's code
     (library / "bad.cpp").write_text("this is not C++\n")
     assert objcache.main(["c++", "-MMD", "-c", "-o", "bad.o", str(library / "bad.cpp")]) != 0
