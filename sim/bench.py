@@ -28,6 +28,7 @@ from ..golden.sparseconv import (
     tap_densities, tap_densities_float, tap_lists,
 )
 from ..golden.laneconv import lane_cycles
+from ..golden.packedconv import RESULT_SLOTS, RING_DEPTH, packed_cycles
 from .schedule import decoupled_cycles, flat_cycles, flat_empty_free_cycles, fluid_cycles, walker_cycles
 
 
@@ -135,6 +136,8 @@ def bench_image(name, *, thresholds, lanes, tile_sizes=(1,), ref_std=24.0, pad_m
     _, dense_counts = sparse_conv(frame, dense_tap_lists(weights, (height, width)), kernel_size=k,
                                   pad_mode=pad_mode, dense=True, lanes=c_out)
     dense_cycles = {lane: sparse_conv_cycles(dense_counts["active"], lane) for lane in lanes}
+    packed_dense = {lane: packed_cycles(dense_counts["active"].reshape(-1, c_out), width=width, kernel_size=k,
+                                        lanes=lane) for lane in lanes}
     rows, skip_maps = [], {}
     for tile in tile_sizes:
         reference = conv_float(frame, weights, tap_densities_float(density_f, kernel_size=k, tile_size=tile),
@@ -186,6 +189,16 @@ def bench_image(name, *, thresholds, lanes, tile_sizes=(1,), ref_std=24.0, pad_m
                     "dense_cycles": compact_dense, "sparse_cycles": compact,
                     "speedup": compact_dense / compact,
                     "fraction_of_rate_bounded_ideal": compact_dense / compact / min(ideal, floor),
+                }
+                # the packed engine (PackedConv): the host's schedule over every buffered position
+                packed = packed_cycles(counts["active"].reshape(-1, c_out), width=width, kernel_size=k,
+                                       lanes=lane)
+                row["lanes"][str(lane)]["packed"] = {
+                    "dense_cycles": packed_dense[lane], "sparse_cycles": packed,
+                    "speedup": packed_dense[lane] / packed,
+                    "fraction_of_ideal": packed_dense[lane] / packed / ideal,
+                    "fraction_of_rate_bounded_ideal": packed_dense[lane] / packed / min(ideal, floor),
+                    "sparse_lane_busy": counts["performed"] / (lane * packed),
                 }
                 if tile == 1 and schedule_depths:
                     row["lanes"][str(lane)]["schedule_models"] = _schedule_models(
@@ -286,6 +299,35 @@ def _markdown(rows, *, lanes, thresholds, ref_std, pad_mode, command):
                 cells += [f"{flat['speedup']:.2f}×", f"{flat['fraction_of_rate_bounded_ideal']:.0%}",
                           f"{compact['speedup']:.2f}×", f"{compact['fraction_of_rate_bounded_ideal']:.0%}"]
             lines.append("| " + " | ".join(cells) + " |")
+    if all("packed" in row["lanes"][str(lane)] for row in rows for lane in lanes):
+        lines += ["", "### The packed engine (`PackedConv`)", "",
+                  "The same cases on `PackedConv` (`hdl/packedconv.py`, docs/packedconv.md): the host "
+                  "packs every output's performed MACs onto the lanes across positions (list scheduling "
+                  f"in raster order), with a ring of the last {RING_DEPTH:,} pixels and {RESULT_SLOTS:,} "
+                  "result slots per channel, one pixel taken and one result given a beat at most "
+                  "(`golden.packedconv.packed_cycles`, which the RTL matches cycle for cycle). Its dense "
+                  "cycles are its own dense mode's. Fractions are of the bounded ideal.", ""]
+        header = ["image", "T", "threshold", "ideal"]
+        for lane in lanes:
+            header += [f"L={lane} dense cyc.", f"L={lane} sparse cyc.", f"L={lane} speedup",
+                       f"L={lane} of bounded", f"L={lane} lanes busy"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            cells = [row["image"], str(row["tile_size"]), str(row["prune_threshold"]),
+                     f"{row['ideal_speedup']:.2f}×"]
+            for lane in lanes:
+                packed = row["lanes"][str(lane)]["packed"]
+                cells += [f"{packed['dense_cycles']:,}", f"{packed['sparse_cycles']:,}", f"{packed['speedup']:.2f}×",
+                          f"{packed['fraction_of_rate_bounded_ideal']:.1%}", f"{packed['sparse_lane_busy']:.0%}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for lane in lanes:
+            values = [row["lanes"][str(lane)]["packed"]["fraction_of_rate_bounded_ideal"] for row in rows]
+            worst = rows[int(np.argmin(values))]
+            reached = sum(value >= TARGET_FRACTION for value in values)
+            lines.append(f"- L = {lane}: lowest {min(values):.1%} ({worst['image']} T={worst['tile_size']} "
+                         f"threshold {worst['prune_threshold']}); {reached} of {len(values)} cases at or above "
+                         f"the {TARGET_FRACTION:g} target.")
     modelled = [row for row in rows if any("schedule_models" in f for f in row["lanes"].values())]
     if modelled:
         names = list(next(f for f in modelled[0]["lanes"].values() if "schedule_models" in f)["schedule_models"])

@@ -29,12 +29,23 @@ def test_bench_figures_are_consistent():
         # the compact engine: a beat a cycle, its latency 7
         assert row["lanes"]["8"]["compact"]["dense_cycles"] == 24 * 24 * 9 + 6
         assert row["lanes"]["2"]["compact"]["dense_cycles"] == 24 * 24 * 4 * 9 + 6
+        # the packed engine: the window's reach (25) is taken first; the last flush is given
+        # FLUSH_TO_EMIT (5) beats later, offered 3 cycles after its beat
+        assert row["lanes"]["8"]["packed"]["dense_cycles"] == 25 + 1 + 24 * 24 * 9 + 5 + 3 - 1
+        assert row["lanes"]["2"]["packed"]["dense_cycles"] == 25 + 1 + 24 * 24 * 4 * 9 + 5 + 3 - 1
+        for figures in row["lanes"].values():
+            packed = figures["packed"]
+            assert packed["sparse_cycles"] <= packed["dense_cycles"]
+            assert packed["fraction_of_rate_bounded_ideal"] <= 1.0 + 1e-12
     everything = [row for row in rows if row["prune_threshold"] == 511]
     assert all(row["performed_macs"] == 0 for row in everything)
     # empty positions: one a cycle, each given out 3 cycles after it was accepted
     assert all(row["lanes"]["8"]["sparse_cycles"] == 24 * 24 + 3 for row in everything)
     # on the compact engine an empty position is one beat
     assert all(row["lanes"]["8"]["compact"]["sparse_cycles"] == 24 * 24 + 6 for row in everything)
+    # on the packed engine a pixel and an emit a beat, the emits from the window's reach on
+    assert all(row["lanes"][lane]["packed"]["sparse_cycles"] == 24 * 24 + 25 + 3
+               for row in everything for lane in ("8", "2"))
     assert np.all(skip_maps[511] == 1.0)
     # zero padding: the border's padding taps are skipped at threshold 0
     assert rows[0]["skipped_padding"] > 0
