@@ -139,8 +139,8 @@ class PackedConv(wiring.Component):
       and a beat with ``first`` before the last frame's beat with ``last`` starts
       a new frame. The next well-formed frame is exact.
     - ``bad_entry``: an entry with ``channel ≥ C_out`` or ``ci ≥ C_in`` (not performed).
-    - ``flush_conflict``: two lanes flush the same channel on one beat (the lowest lane's
-      sum is written).
+    - ``flush_conflict``: two lanes flush the same channel on one beat (what is written to
+      that channel's slot is not defined; the next frame is exact).
 
     Timing
     ------
@@ -354,11 +354,9 @@ class PackedConv(wiring.Component):
         conflicts = []
         for co in range(c_out):
             hits = [flushes[j] & (channels[j] == co) for j in range(lanes)]
-            # the lowest flushing lane wins (a priority chain: one-hot for a well-formed beat)
-            winner_sum, winner_slot = sums[-1], slots[-1]
-            for j in reversed(range(lanes - 1)):
-                winner_sum = Mux(hits[j], sums[j], winner_sum)
-                winner_slot = Mux(hits[j], slots[j], winner_slot)
+            # an AND-OR multiplexer: one hit at most in a well-formed beat
+            winner_sum = _tree([Mux(hits[j], sums[j], 0) for j in range(lanes)], operator.or_)
+            winner_slot = _tree([Mux(hits[j], slots[j], 0) for j in range(lanes)], operator.or_)
             if lanes > 1:
                 conflicts.append(_sum(hits) > 1)
             e4_en = delayed(_tree(hits, operator.or_), f"e4_en{co}", reset_less=False)
