@@ -22,6 +22,9 @@ class Block:
     parameters: dict                    # name -> (default, help)
     testbench: str = None               # cocotb test module under dynsparse.sim.tb
     test_variants: dict = field(default_factory=dict)   # variant -> {"block": {...}, ...}
+    #: the blocks an assembly is made of (each tested, and synthesised for iCE40, on its own):
+    #: the test suite synthesises an assembly to Yosys' coarse netlist, the report harness fully
+    parts: tuple = ()
 
     def component_class(self):
         module, cls = self.component.split(":")
@@ -69,6 +72,7 @@ BLOCKS = {block.name: block for block in [
         name="pipeline",
         component="hdl.pipeline:DensityPipeline",
         summary="window generator + density unit: raster pixels in, density map out",
+        parts=("window", "density"),
         parameters=_IMAGE_PARAMETERS,
         testbench="dynsparse.sim.tb.tb_pipeline",
         test_variants={
@@ -147,6 +151,7 @@ BLOCKS = {block.name: block for block in [
         name="board",
         component="boards.top:DensityBoard",
         summary="UART pins to UART pins: host link + density pipeline (the board top without pins)",
+        parts=("hostlink", "uart_rx", "uart_tx", "pipeline"),
         parameters={
             "clk_freq":    (12_000_000, "clock frequency in Hz"),
             "baud":        (115_200, "UART bit rate"),
@@ -166,6 +171,7 @@ BLOCKS = {block.name: block for block in [
         name="convboard",
         component="boards.top:ConvBoard",
         summary="UART pins to UART pins: host link + sparse convolution engine (the conv board top without pins)",
+        parts=("hostlink", "uart_rx", "uart_tx", "convpipe", "reconstructor"),
         parameters={
             "clk_freq":     (12_000_000, "clock frequency in Hz"),
             "baud":         (115_200, "UART bit rate"),
@@ -187,6 +193,7 @@ BLOCKS = {block.name: block for block in [
         name="spnboard",
         component="boards.top:SPNBoard",
         summary="UART pins to UART pins: host link + the encoding loop (the SPN board top without pins)",
+        parts=("hostlink", "uart_rx", "uart_tx", "spnloop"),
         parameters={
             "clk_freq":     (12_000_000, "clock frequency in Hz"),
             "baud":         (115_200, "UART bit rate"),
@@ -314,6 +321,7 @@ BLOCKS = {block.name: block for block in [
         name="convpipe",
         component="hdl.convpipe:SparseConvPipeline",
         summary="pixels to sparse convolution: density, kernel scaler, pixel FIFO, windows, sparse engine",
+        parts=("pipeline", "window", "tiles", "scaler", "sparseconv"),
         parameters={
             "kernel_size":  (3, "convolution kernel K (odd)"),
             "in_channels":  (1, "input channels C_in"),
@@ -383,6 +391,7 @@ BLOCKS = {block.name: block for block in [
         name="spnloop",
         component="hdl.spnloop:EncodingLoop",
         summary="the encoding loop: conv → scale prediction → anisotropic pooling, T times, and the linear head",
+        parts=("spn", "anisopool"),
         parameters={
             "channels":     (8, "feature maps F"),
             "spn_channels": (4, "maps of the SPN's first two layers S"),
