@@ -8,7 +8,7 @@ the cocotb testbench and the parameter sets it runs with.
 import importlib
 from dataclasses import dataclass, field
 
-from .runner import run_cocotb
+from .runner import VERILATOR_OPT, run_cocotb
 
 
 __all__ = ["Block", "BLOCKS", "make_block", "run_block_testbench"]
@@ -21,7 +21,9 @@ class Block:
     summary: str
     parameters: dict                    # name -> (default, help)
     testbench: str = None               # cocotb test module under dynsparse.sim.tb
-    test_variants: dict = field(default_factory=dict)   # variant -> {"block": {...}, ...}
+    # variant -> {"block": {...}, ...}; "simulators": the variant's simulators, "verilator_opt": the
+    # C++ optimisation of its Verilator model (runner.VERILATOR_OPT unless the simulation is long)
+    test_variants: dict = field(default_factory=dict)
     #: the blocks an assembly is made of (each tested, and synthesised for iCE40, on its own):
     #: the test suite synthesises an assembly to Yosys' coarse netlist, the report harness fully
     parts: tuple = ()
@@ -186,7 +188,7 @@ BLOCKS = {block.name: block for block in [
         test_variants={
             "sim": {"block": {"clk_freq": 1_000_000, "baud": 250_000, "kernel_size": 3, "out_channels": 4,
                               "lanes": 2, "max_width": 32, "max_height": 32, "watchdog_ms": 4},
-                    "frame": [10, 12]},
+                    "frame": [10, 12], "verilator_opt": "-O1"},
         },
     ),
     Block(
@@ -208,7 +210,7 @@ BLOCKS = {block.name: block for block in [
         test_variants={
             "sim": {"block": {"clk_freq": 1_000_000, "baud": 250_000, "channels": 3, "spn_channels": 2,
                               "kernel_size": 3, "max_length": 12, "iterations": 2, "watchdog_ms": 30},
-                    "length": 10},
+                    "length": 10, "verilator_opt": "-O1"},
         },
     ),
     Block(
@@ -311,7 +313,7 @@ BLOCKS = {block.name: block for block in [
             # (peptides: 1-D mode, one sequence of 20 positions a frame).
             "digits": {"block": {"reach": 2, "in_channels": 1, "heads": 6, "lanes": 2, "capacity": 5,
                                  "max_width": 16, "max_height": 16},
-                       "task": "digits", "frame": [8, 8]},
+                       "task": "digits", "frame": [8, 8], "verilator_opt": "-O1"},
             "peptides": {"block": {"reach": 3, "in_channels": 8, "heads": 4, "lanes": 3, "capacity": 4,
                                    "max_width": 32, "signed": True, "sequence": True, "requantize": True},
                          "task": "amp", "frame": [1, 20], "simulators": ["icarus", "verilator"]},
@@ -381,7 +383,7 @@ BLOCKS = {block.name: block for block in [
             # model whose held-out peptides the Verilator run checks (DYNSPARSE_HELD_OUT=all: every one)
             "f8s4k3": {"block": {"channels": 8, "spn_channels": 4, "kernel_size": 3, "max_height": 8,
                                  "max_length": 48, "iterations": 2},
-                       "map": [8, 48], "random_map": [3, 8], "trained": [0, 30, 16]},
+                       "map": [8, 48], "random_map": [3, 8], "trained": [0, 30, 16], "verilator_opt": "-O1"},
             "f3s2k3": {"block": {"channels": 3, "spn_channels": 2, "kernel_size": 3, "max_height": 8,
                                  "max_length": 16, "iterations": 2},
                        "map": [6, 10], "random_map": [6, 10]},
@@ -420,7 +422,7 @@ BLOCKS = {block.name: block for block in [
             "f8s4k3": {"block": {"channels": 8, "spn_channels": 4, "kernel_size": 3, "max_height": 8,
                                  "max_length": 48, "iterations": 2},
                        "length": 8, "random_length": 8, "random_maps": 2, "trained": [0, 30, 8],
-                       "simulators": ["verilator"]},
+                       "simulators": ["verilator"], "verilator_opt": "-O1"},
         },
     ),
     Block(
@@ -472,4 +474,5 @@ def run_block_testbench(name, simulator, *, variant=None, waves=False, testcase=
     params = block.test_variants[variant]
     return run_cocotb(block=name, component=make_block(name, **params["block"]), params=params,
                       simulator=simulator, test_module=block.testbench, waves=waves,
-                      testcase=testcase, extra_env=extra_env)
+                      testcase=testcase, extra_env=extra_env,
+                      verilator_opt=params.get("verilator_opt", VERILATOR_OPT))

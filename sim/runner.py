@@ -93,14 +93,33 @@ def _verilator_environment():
         flags = os.environ.get("MAKEFLAGS", "")
         if "CFG_CXXFLAGS_PCH_I" not in flags:
             os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    # The C++ compile dominates a Verilator test. -O1 instead of verilated.mk's -Os compiles the
-    # model faster and runs it faster too: headlayer digits 114 s -> 75 s, spnloop f8s4k3
-    # 168 s -> 134 s, build and run (-O0 compiles faster still but runs long models slower).
-    # A user's own OPT_FAST in MAKEFLAGS wins.
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "OPT_FAST" not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " OPT_FAST=-O1").strip()
     return True
+
+
+#: C++ optimisation of a Verilator model (verilated.mk's OPT_FAST, -Os by default). The C++
+#: compile dominates a Verilator test: -O0 compiles a model in about half the time of -O1 and
+#: runs it about half as fast (convpipe: build 72 s -> 33 s, run 13 s -> 26 s), so it suits
+#: the short simulations; a long one (a test variant's ``"verilator_opt": "-O1"``) is quicker
+#: at -O1, which also compiles and runs faster than -Os (headlayer digits 114 s -> 75 s,
+#: spnloop f8s4k3 168 s -> 134 s, build and run).
+VERILATOR_OPT = "-O0"
+
+
+@contextlib.contextmanager
+def _optimisation(level):
+    """MAKEFLAGS with ``OPT_FAST=level`` for a build, unless the user's MAKEFLAGS say OPT_FAST."""
+    flags = os.environ.get("MAKEFLAGS")
+    if flags is not None and "OPT_FAST" in flags:
+        yield
+        return
+    os.environ["MAKEFLAGS"] = ((flags or "") + f" OPT_FAST={level}").strip()
+    try:
+        yield
+    finally:
+        if flags is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = flags
 
 
 def simulator_available(simulator):
@@ -118,7 +137,7 @@ def build_key(block, params):
 
 
 def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
-               build_root=None, extra_env=None, testcase=None):
+               build_root=None, extra_env=None, testcase=None, verilator_opt=VERILATOR_OPT):
     """Elaborate ``component``, build it for ``simulator`` and run ``test_module``'s cocotb tests.
 
     ``params`` (JSON-serialisable) name the build directory and reach the
@@ -146,9 +165,10 @@ def run_cocotb(*, block, component, params, simulator, test_module, waves=False,
         build_args = ["-Wno-fatal", "--assert"] if simulator == "verilator" else []
         build_log = build_dir / "build.log"
         try:
-            runner.build(sources=[source], hdl_toplevel=block, build_dir=build_dir,
-                         timescale=("1ns", "1ps"), waves=waves, build_args=build_args,
-                         log_file=build_log)
+            with _optimisation(verilator_opt):
+                runner.build(sources=[source], hdl_toplevel=block, build_dir=build_dir,
+                             timescale=("1ns", "1ps"), waves=waves, build_args=build_args,
+                             log_file=build_log)
         except (RuntimeError, SystemExit) as error:
             raise SimulationFailed(f"{simulator} build of {block} failed:\n{_tail(build_log)}") from error
 

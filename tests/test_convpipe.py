@@ -157,8 +157,10 @@ def test_dense_mode_and_extremes():
              mask=np.zeros(mask_length(16, 8, kernel_size=3), np.uint8))  # every block masked
 
 
-@pytest.mark.parametrize("kernel_size,in_channels", [(3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("kernel_size,in_channels", [(3, 2), (5, 1)])
 def test_requantized(kernel_size, in_channels):
+    """Requantised results, with K = 5 and with two input channels (both together: the engine's
+    and the kernel scaler's k5ci2co3 cocotb variants)."""
     rng = np.random.default_rng(9 + kernel_size + in_channels)
     dut = make(kernel_size=kernel_size, in_channels=in_channels, out_channels=3, lanes=3, max_width=12,
                max_height=12, requantize=True)
@@ -174,7 +176,7 @@ def test_tiles(tile_size, kernel_size, in_channels):
     """Tap densities averaged over T×T tiles: a real image and a random frame back to back."""
     rng = np.random.default_rng(40 + tile_size + kernel_size)
     dut = make(kernel_size=kernel_size, in_channels=in_channels, out_channels=3, lanes=3, tile_size=tile_size)
-    height, width = 8, 12
+    height, width = (8, 12) if kernel_size == 3 else (6, 8)
     image = real_image("camera", size=(height, width))[:, :, None].repeat(in_channels, axis=2)
     frames = [image, rng.integers(0, 256, size=(height, width, in_channels), dtype=np.uint8)]
     weights = rng.integers(-127, 128, size=(3, in_channels, kernel_size, kernel_size))

