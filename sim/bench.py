@@ -456,6 +456,14 @@ def _target_text(modelled, lanes, kinds, fractions, fluid_depths, free_depths=()
                     f"{worst['prune_threshold']}), " + ("at or above" if min(engine) >= target else "below")
                     + f" the target on {'every' if min(engine) >= target else 'that'} case "
                     f"({sum(value >= target for value in engine)} of {len(engine)} cases reach it).")
+        if all("packed" in row["lanes"][str(lane)] for row in modelled):
+            packed = [row["lanes"][str(lane)]["packed"]["fraction_of_rate_bounded_ideal"] for row in modelled]
+            worst = modelled[int(np.argmin(packed))]
+            text.append(f"The packed engine (`PackedConv`, above), which spreads the MACs of up to "
+                        f"{RESULT_SLOTS:,} positions over the lanes: lowest {min(packed):.1%} ({worst['image']} "
+                        f"{worst['prune_threshold']}), " + ("at or above" if min(packed) >= target else "below")
+                        + f" the target on {'every' if min(packed) >= target else 'that'} case "
+                        f"({sum(value >= target for value in packed)} of {len(packed)} cases reach it).")
         # schedules only: not the engine, not the bounds (pipeline ≤, fluid)
         schedules = [(label, key) for label, key in kinds if key is not None and key != "pipeline_at_most"
                      and not key.startswith("fluid_")]
