@@ -12,7 +12,7 @@ from ..golden.packedconv import FLUSH_TO_EMIT, PACKED_LATENCY, RESULT_SLOTS, RIN
 from ..golden.sparseconv import MULTIPLIER_MAX, SHIFT_MAX, accumulator_width
 from .frame import check_int, check_shape, pixel_layout
 from .requant import REQUANT_STAGES, requantize_stages
-from .sparseconv import COUNTER_BITS, _sum, _tree
+from .sparseconv import COUNTER_BITS, _sum, _tree, add_counters, sticky_errors
 from .taps import index_width
 
 
@@ -231,13 +231,7 @@ class PackedConv(wiring.Component):
         beat = beats.payload
 
         # -------- errors ---------------------------------------------------------------------------
-        errors = Signal(PackedConvErrors)
-        raised = Signal(PackedConvErrors)
-        m.d.comb += self.errors.eq(errors)
-        with m.If(self.clear_errors):
-            m.d.sync += errors.eq(raised)
-        with m.Else():
-            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
+        raised = sticky_errors(m, self.errors, self.clear_errors)
 
         # -------- acceptance -----------------------------------------------------------------------
         # in_frame: a frame's beats are being followed (from a beat with ``first``); expect_first:
@@ -420,12 +414,7 @@ class PackedConv(wiring.Component):
             "skipped_zero":    Mux(go, beat.zero, 0),
             "skipped_padding": Mux(go, beat.padding, 0),
         }
-        for name, increment in increments.items():
-            counter = getattr(self, name)
-            with m.If(self.clear_counters):
-                m.d.sync += counter.eq(0)
-            with m.Else():
-                m.d.sync += counter.eq(counter + increment)
+        add_counters(m, self, increments)
 
         lane_busy = [*e1_active, *flushes]
         m.d.comb += self.busy.eq(Cat(pending != 0, *in_flight, *lane_busy).any())

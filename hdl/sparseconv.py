@@ -66,6 +66,30 @@ class SparseConvErrors(data.Struct):
 COUNTER_BITS = 32
 
 
+def sticky_errors(m, port, clear):
+    """Drive the error-flag output ``port`` (a struct view) from a sticky register that
+    ``clear`` resets; returns the flags raised in this cycle (assign them)."""
+    errors = Signal(port.shape())
+    raised = Signal(port.shape())
+    m.d.comb += port.eq(errors)
+    with m.If(clear):
+        m.d.sync += errors.eq(raised)
+    with m.Else():
+        m.d.sync += errors.eq(errors.as_value() | raised.as_value())
+    return raised
+
+
+def add_counters(m, component, increments):
+    """Counter ``component.<name>`` adds ``increments[name]`` every cycle;
+    ``component.clear_counters`` zeroes them all."""
+    for name, increment in increments.items():
+        counter = getattr(component, name)
+        with m.If(component.clear_counters):
+            m.d.sync += counter.eq(0)
+        with m.Else():
+            m.d.sync += counter.eq(counter + increment)
+
+
 class _ConvEngine:
     """What :class:`SparseConv` and :class:`~dynsparse.hdl.laneconv.LaneConv` share: the
     parameters and their checks, the ports but the tap-list stream, the error flags, the
@@ -140,23 +164,11 @@ class _ConvEngine:
 
     def _error_flags(self, m):
         """The sticky ``errors`` register; returns the flags raised in this cycle (assign them)."""
-        errors = Signal(SparseConvErrors)
-        raised = Signal(SparseConvErrors)
-        m.d.comb += self.errors.eq(errors)
-        with m.If(self.clear_errors):
-            m.d.sync += errors.eq(raised)
-        with m.Else():
-            m.d.sync += errors.eq(errors.as_value() | raised.as_value())
-        return raised
+        return sticky_errors(m, self.errors, self.clear_errors)
 
     def _counters(self, m, increments):
         """Each counter adds its increment every cycle; ``clear_counters`` zeroes them."""
-        for name, increment in increments.items():
-            counter = getattr(self, name)
-            with m.If(self.clear_counters):
-                m.d.sync += counter.eq(0)
-            with m.Else():
-                m.d.sync += counter.eq(counter + increment)
+        add_counters(m, self, increments)
 
     def _window_front(self, m, raised, done, meta_layout):
         """The padding mask and the window registers W0 and W1 (see *Architecture* in
