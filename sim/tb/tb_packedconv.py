@@ -35,24 +35,27 @@ def beats_of(frame, lists, **options):
                       result_slots=BLOCK.result_slots)
 
 
-async def check_frames(dut, tb, jobs, *, src, sink, seed, beats=None, expect=None):
-    """Reset, send ``jobs = [(frame, lists, options), ...]`` (or the raw ``beats``); compare the
-    results with golden (the frames whose index is in ``expect``, every frame by default) and,
-    for well-formed beats, the counters."""
+async def start(dut, tb):
+    """The engine's pixel and beat sources and result sink (built before reset), then reset."""
     dut.clear_counters.value = 0
     dut.clear_errors.value = 0
     pixels = StreamSource(dut, "i_pixels", tb.clock)
     beat_source = StreamSource(dut, "i_beats", tb.clock)
     receiver = StreamSink(dut, "o_stream", tb.clock)
     await tb.reset()
+    return pixels, beat_source, receiver
+
+
+async def check_frames(dut, tb, jobs, *, src, sink, seed):
+    """Reset, send ``jobs = [(frame, lists, options), ...]``; compare the results and the
+    counters with golden."""
+    pixels, beat_source, receiver = await start(dut, tb)
     pixel_list = []
     for frame, _, _ in jobs:
         pixel_list += pixel_words(PIXEL_LAYOUT, frame)
-    well_formed = beats is None
-    if well_formed:
-        beats = []
-        for frame, lists, options in jobs:
-            beats += packed_beat_words(BEAT_LAYOUT, beats_of(frame, lists, **options))
+    beats = []
+    for frame, lists, options in jobs:
+        beats += packed_beat_words(BEAT_LAYOUT, beats_of(frame, lists, **options))
     cocotb.start_soon(pixels.send(pixel_list, pattern=src, seed=seed))
     cocotb.start_soon(beat_source.send(beats, pattern=src, seed=seed + 5))
     received = await receiver.receive(len(pixel_list), pattern=sink, seed=seed + 1,
@@ -61,23 +64,20 @@ async def check_frames(dut, tb, jobs, *, src, sink, seed, beats=None, expect=Non
     assert not dut.busy.value, "busy after the last result"
     got = unpack(OUTPUT_LAYOUT, received)
     offset, totals = 0, dict.fromkeys(COUNTERS.values(), 0)
-    for index, (frame, lists, options) in enumerate(jobs):
+    for frame, lists, options in jobs:
         size = frame.shape[0] * frame.shape[1]
         acc, counters = sparse_conv(frame, lists, kernel_size=K, block_size=BLOCK_SIZE, **options)
-        if expect is None or index in expect:
-            np.testing.assert_equal(got["data"][offset:offset + size], acc.reshape(size, -1))
-            assert got["first"][offset:offset + size].tolist() == [1] + [0] * (size - 1)
-            assert got["last"][offset:offset + size].tolist() == [0] * (size - 1) + [1]
+        np.testing.assert_equal(got["data"][offset:offset + size], acc.reshape(size, -1))
+        assert got["first"][offset:offset + size].tolist() == [1] + [0] * (size - 1)
+        assert got["last"][offset:offset + size].tolist() == [0] * (size - 1) + [1]
         for name in totals:
             totals[name] += counters[name]
         offset += size
-    if well_formed:
-        assert str(dut.errors.value) == "000", f"errors {dut.errors.value}"
-        hardware = {golden: int(getattr(dut, port).value) for port, golden in COUNTERS.items()}
-        assert hardware == totals, (hardware, totals)
-        assert int(dut.cycles.value) == len(beats)
-        dut._log.info("counters %s in %d beats", hardware, len(beats))
-    return int(dut.errors.value)
+    assert str(dut.errors.value) == "000", f"errors {dut.errors.value}"
+    hardware = {golden: int(getattr(dut, port).value) for port, golden in COUNTERS.items()}
+    assert hardware == totals, (hardware, totals)
+    assert int(dut.cycles.value) == len(beats)
+    dut._log.info("counters %s in %d beats", hardware, len(beats))
 
 
 @cocotb.test()
@@ -166,13 +166,7 @@ async def bad_beats_then_good_frame(dut):
 
 
 async def _run_cut(dut, bad, good, words):
-    tb = TB(dut)
-    dut.clear_counters.value = 0
-    dut.clear_errors.value = 0
-    pixels = StreamSource(dut, "i_pixels", tb.clock)
-    beat_source = StreamSource(dut, "i_beats", tb.clock)
-    receiver = StreamSink(dut, "o_stream", tb.clock)
-    await tb.reset()
+    pixels, beat_source, receiver = await start(dut, TB(dut))
     cocotb.start_soon(pixels.send(pixel_words(PIXEL_LAYOUT, bad[0]) + pixel_words(PIXEL_LAYOUT, good[0]),
                                   pattern="random", seed=3))
     cocotb.start_soon(beat_source.send(words, pattern="random", seed=4))
